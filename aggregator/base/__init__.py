@@ -1,0 +1,1 @@
+"""Leaf modules: they import nothing from the rest of the package."""

@@ -1,0 +1,142 @@
+"""The one settings object, built from the environment and validated when built.
+
+No other module reads ``os.environ``: everything configurable arrives through
+:class:`Settings`. Each invalid value raises one :class:`ConfigError` naming the
+variable and what it allows, before anything is written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from aggregator.base.errors import ConfigError
+
+T = TypeVar("T")
+
+CODEC_LEVELS: dict[str, tuple[int, int, int | None]] = {
+    # codec: (lowest, highest, default). zstd 3 and zlib 6 are each library's own default.
+    "zstd": (1, 22, 3),
+    "gzip": (1, 9, 6),
+    "none": (0, 0, None),
+}
+ENVIRONMENTS = ("dev", "staging", "prod")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+# Endpoint variables that make the SDK talk to something other than real AWS.
+ENDPOINT_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    idempotency_table_name: str
+    minio_secret_id: str
+    archive_prefix: str = "archives"
+    compression: str = "zstd"
+    compression_level: int | None = 3
+    max_fetch_workers: int = 16
+    fetch_processes: int = 1
+    spool_max_memory_bytes: int = 64 * 1024 * 1024
+    idempotency_ttl_seconds: int = 15 * 24 * 3600
+    environment: str = "dev"
+    use_moto: bool = False
+    # Beyond the contract: tuning knobs with safe defaults.
+    fetch_queue_depth: int = 64
+    zstd_threads: int = 0
+    multipart_part_bytes: int = 16 * 1024 * 1024
+    # Time kept back from the deadline for upload, verification and commit.
+    deadline_reserve_ms: int = 10_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        compression = _choice(env, "COMPRESSION", ("zstd", "gzip", "none"), "zstd")
+        low, high, default_level = CODEC_LEVELS[compression]
+        level = default_level
+        if compression != "none":
+            level = _int(env, "COMPRESSION_LEVEL", default_level or 0, low, high,
+                         hint=f"for COMPRESSION={compression}")
+        environment = _choice(env, "ENVIRONMENT", ENVIRONMENTS, "dev")
+        use_moto = _bool(env, "USE_MOTO")
+        if use_moto and environment == "prod":
+            raise ConfigError("USE_MOTO is a test-only switch and is refused with ENVIRONMENT=prod")
+        if use_moto and not any(env.get(name) for name in ENDPOINT_VARIABLES):
+            raise ConfigError(
+                "USE_MOTO is set but no endpoint override (AWS_ENDPOINT_URL...) points at a "
+                "moto server: refusing to call real AWS"
+            )
+        fetch_processes = _int(env, "FETCH_PROCESSES", 1, 0, 64)
+        if fetch_processes == 0:
+            fetch_processes = os.cpu_count() or 1
+        prefix = env.get("ARCHIVE_PREFIX", "archives").strip("/")
+        if any(seg in (".", "..") for seg in prefix.split("/")) or "//" in prefix:
+            raise ConfigError(f"ARCHIVE_PREFIX must be a plain key prefix, got {prefix!r}")
+        return cls(
+            idempotency_table_name=_required(env, "IDEMPOTENCY_TABLE_NAME"),
+            minio_secret_id=_required(env, "MINIO_SECRET_ID"),
+            archive_prefix=prefix,
+            compression=compression,
+            compression_level=level,
+            max_fetch_workers=_int(env, "MAX_FETCH_WORKERS", 16, 1, 256),
+            fetch_processes=fetch_processes,
+            spool_max_memory_bytes=_int(env, "SPOOL_MAX_MEMORY_BYTES", 64 * 1024 * 1024, 0, 8 << 30),
+            idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", 15 * 24 * 3600, 60, 10 * 365 * 24 * 3600),
+            environment=environment,
+            use_moto=use_moto,
+            fetch_queue_depth=_int(env, "FETCH_QUEUE_DEPTH", 64, 1, 4096),
+            zstd_threads=_int(env, "ZSTD_THREADS", 0, 0, 64),
+            multipart_part_bytes=_int(env, "MULTIPART_PART_BYTES", 16 * 1024 * 1024, 5 * 1024 * 1024, 512 * 1024 * 1024),
+            deadline_reserve_ms=_int(env, "DEADLINE_RESERVE_MS", 10_000, 0, 600_000),
+        )
+
+    @property
+    def archive_extension(self) -> str:
+        return {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}[self.compression]
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required and must not be empty")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, *, hint: str = "") -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    value = _parse(raw, int)
+    if value is None or not low <= value <= high:
+        where = f" {hint}" if hint else ""
+        raise ConfigError(f"{name} must be an integer from {low} to {high}{where}; got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false (1/0, yes/no, on/off); got {raw!r}")
+
+
+def _parse(raw: str, kind: Callable[[str], T]) -> T | None:
+    try:
+        return kind(raw)
+    except ValueError:
+        return None
