@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aggregator.base.events import ObjectRef
 
@@ -78,11 +78,11 @@ def new_archive_id(now: datetime) -> str:
     """Sortable by time, unique by a random suffix."""
     import uuid
 
-    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex}"
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex}"
 
 
 def archive_key(prefix: str, created_at: datetime, archive_id: str, extension: str) -> str:
     """``{prefix}/{YYYY}/{MM}/{DD}/{HH}/{archive_id}{extension}``, in UTC."""
-    utc = created_at.astimezone(timezone.utc)
+    utc = created_at.astimezone(UTC)
     path = f"{utc:%Y/%m/%d/%H}/{archive_id}{extension}"
     return f"{prefix}/{path}" if prefix else path

@@ -92,7 +92,7 @@ class Settings:
             use_moto=use_moto,
             fetch_queue_depth=_int(env, "FETCH_QUEUE_DEPTH", 64, 1, 4096),
             zstd_threads=_int(env, "ZSTD_THREADS", 0, 0, 64),
-            multipart_part_bytes=_int(env, "MULTIPART_PART_BYTES", 16 * 1024 * 1024, 5 * 1024 * 1024, 512 * 1024 * 1024),
+            multipart_part_bytes=_int(env, "MULTIPART_PART_BYTES", 16 << 20, 5 << 20, 512 << 20),
             deadline_reserve_ms=_int(env, "DEADLINE_RESERVE_MS", 10_000, 0, 600_000),
         )
 
