@@ -1,0 +1,176 @@
+"""The Lambda entry point: Powertools around :func:`aggregator.pipeline.run_batch`.
+
+Nothing here runs at import beyond creating Powertools objects (no network, no client):
+settings are validated and clients built on the first invocation, then reused by the
+warm container. The archive is built for the whole batch at once; Powertools'
+``BatchProcessor`` then turns the pipeline's verdict into the partial batch response.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from aggregator import clients
+from aggregator.base.errors import AggregatorError
+from aggregator.base.settings import Settings
+from aggregator.claims import ClaimStore
+from aggregator.credentials import MinioSecretProvider
+from aggregator.delivery import MinioTarget
+from aggregator.fetch import fetch_objects, source_config_from_client
+from aggregator.pipeline import BatchOutcome, Dependencies, Message, new_owner, run_batch
+
+SECRET_MAX_AGE_SECONDS = 300
+MINIO_CONNECT_TIMEOUT = 3.0
+MINIO_READ_TIMEOUT = 30.0
+
+# Powertools reads POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE itself; the
+# defaults below apply only where those are unset.
+logger = Logger(service=None)
+metrics = Metrics()
+tracer = Tracer(patch_modules=["botocore"])
+
+DEFAULT_METRICS_NAMESPACE = "S3MinioAggregator"
+# The processor only learns our verdict; what went wrong is logged by the pipeline.
+_QUIET = logging.getLogger("aggregator.batch_processor")
+_QUIET.disabled = True
+
+_COUNTERS = ("ObjectsArchived", "DuplicatesSkipped", "ObjectsMissing", "EventsIgnored", "BatchItemFailures")
+
+
+class LambdaContextLike(Protocol):
+    aws_request_id: str
+    function_name: str
+    invoked_function_arn: str
+    memory_limit_in_mb: int | str
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+class BatchItemFailed(Exception):
+    """Raised for a record the pipeline could not safely archive: Powertools reports it."""
+
+
+@dataclass
+class _App:
+    deps: Dependencies
+
+
+_app: _App | None = None
+
+
+def _route_all_logging_through_json() -> None:
+    """Every line on stdout/stderr must be JSON, including library warnings."""
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, LambdaPowertoolsFormatter) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(LambdaPowertoolsFormatter())
+        root.handlers = [handler]
+        root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def build_dependencies(settings: Settings) -> Dependencies:
+    session = clients.aws_session()
+    pool = settings.max_fetch_workers + 4
+    claims = ClaimStore(clients.dynamodb_client(session, max_pool=pool), settings.idempotency_table_name,
+                        ttl_seconds=settings.idempotency_ttl_seconds)
+    provider = MinioSecretProvider(clients.secretsmanager_client(session), settings.minio_secret_id,
+                                   max_age_seconds=SECRET_MAX_AGE_SECONDS)
+
+    def minio(secret: Any) -> Any:
+        return clients.minio_client(secret, max_pool=pool, connect_timeout=MINIO_CONNECT_TIMEOUT,
+                                    read_timeout=MINIO_READ_TIMEOUT)
+
+    source_client = clients.source_s3_client(session, max_pool=pool)
+    return Dependencies(
+        settings=settings,
+        claims=claims,
+        target=MinioTarget(provider, minio),
+        source=lambda: source_config_from_client(source_client),
+        fetch=fetch_objects,
+        logger=logger,  # type: ignore[arg-type]
+    )
+
+
+def _get_app(env: Mapping[str, str] | None = None) -> _App:
+    global _app
+    if _app is None:
+        _route_all_logging_through_json()
+        settings = Settings.from_env(env)  # ConfigError here, before anything is written
+        if metrics.namespace is None:
+            metrics.namespace = DEFAULT_METRICS_NAMESPACE
+        metrics.set_default_dimensions(environment=settings.environment)
+        _app = _App(deps=build_dependencies(settings))
+    return _app
+
+
+def reset_for_tests() -> None:
+    """Forget the warm container's settings and clients."""
+    global _app
+    _app = None
+
+
+@tracer.capture_lambda_handler(capture_response=False)
+@logger.inject_lambda_context(log_event=False)
+def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]:
+    app = _get_app()
+    records = _records(event)
+    try:
+        outcome = _run(records, app=app, context=context)
+        failed = set(outcome.failed_message_ids)
+
+        def verdict(record: SQSRecord) -> None:
+            if record.message_id in failed:
+                raise BatchItemFailed(record.message_id)
+
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False,
+                                   logger=_QUIET)
+        response: dict[str, Any] = process_partial_response(  # type: ignore[assignment]
+            event=event, record_handler=verdict, processor=processor, context=context)  # type: ignore[arg-type]
+        return response
+    finally:
+        metrics.flush_metrics()
+
+
+def _records(event: Any) -> list[dict[str, Any]]:
+    if not isinstance(event, dict) or not isinstance(event.get("Records"), list):
+        raise ValueError("the event is not an SQS batch: expected an object with a Records list")
+    records = event["Records"]
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("messageId"), str):
+            raise ValueError(f"SQS record {index} has no messageId")
+    return records
+
+
+def _run(records: list[dict[str, Any]], *, app: _App, context: LambdaContextLike) -> BatchOutcome:
+    deps = app.deps
+    deadline = deps.clock() + context.get_remaining_time_in_millis() / 1000
+    messages = [Message(record["messageId"], record.get("body")) for record in records]
+    started = time.monotonic()
+    try:
+        outcome = run_batch(messages, deps=deps, deadline=deadline, owner=new_owner(context.aws_request_id))
+    except AggregatorError:
+        logger.exception("batch failed")
+        raise
+    _publish_metrics(outcome, elapsed_ms=(time.monotonic() - started) * 1000)
+    return outcome
+
+
+def _publish_metrics(outcome: BatchOutcome, *, elapsed_ms: float) -> None:
+    for name in _COUNTERS:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=outcome.counts.get(name, 0))
+    if outcome.archive_key:
+        metrics.add_metric(name="ArchiveBytes", unit=MetricUnit.Bytes, value=outcome.archive_bytes)
+        metrics.add_metric(name="ArchiveObjects", unit=MetricUnit.Count, value=outcome.archive_objects)
+        metrics.add_metric(name="ArchiveDurationMs", unit=MetricUnit.Milliseconds,
+                           value=outcome.counts.get("ArchiveDurationMs", elapsed_ms))

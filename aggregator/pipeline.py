@@ -1,0 +1,340 @@
+"""One invocation's work: claim -> fetch -> archive -> publish -> commit.
+
+Everything the batch names goes into ONE archive. The order of steps is what makes each
+object land in exactly one archive even when the invocation dies anywhere:
+
+1. parse every message; a malformed one fails alone;
+2. claim every object (in progress, lease = our deadline, planned archive key);
+   completed claims are duplicates; live claims of others are retried later;
+   expired claims of a dead invocation are recovered from its archive if it was published;
+3. fetch the claimed objects, pinned to their versions, into one archive in a spool;
+4. release the claims of objects that did not make it into the archive (before the
+   upload, so every claim still pointing at the archive key is really in it);
+5. publish the archive atomically (checksum metadata set with the object), then verify it;
+6. commit the claims of the archived objects.
+
+A death after 5 and before 6 leaves in-progress claims naming a published archive: the
+next delivery finds the lease expired, reads that archive's manifest and commits there.
+A failure before 5 releases the claims, so a retry proceeds at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from aggregator.archive.manifest import read_manifest
+from aggregator.archive.writer import ArchiveWriter
+from aggregator.base.errors import AggregatorError, MalformedMessage, OutOfTime, RetryableError
+from aggregator.base.events import ObjectRef, parse_body
+from aggregator.base.names import archive_key, new_archive_id, object_id
+from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, Streamed
+from aggregator.base.settings import Settings
+from aggregator.claims import ClaimStore
+from aggregator.spool import ArchiveSpool
+
+if TYPE_CHECKING:
+    from logging import Logger
+
+    from aggregator.fetch import SourceConfig
+
+CODEC_BY_EXTENSION = {".tar.zst": "zstd", ".tar.gz": "gzip", ".tar": "none"}
+# Assumed upload speed when budgeting time for the publish step (conservative).
+_UPLOAD_BYTES_PER_SECOND = 20 << 20
+
+
+class Target(Protocol):
+    """Where archives go (aggregator.delivery.MinioTarget)."""
+
+    def publish(self, *, key: str, source: object, size: int, sha256_hex: str, part_bytes: int,
+                deadline: float | None = None) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def open_object(self, key: str) -> object: ...
+
+
+class Fetch(Protocol):
+    def __call__(self, refs: Sequence[ObjectRef], *, source: SourceConfig, workers: int, processes: int,
+                 queue_depth: int, cancel: threading.Event) -> contextlib.AbstractContextManager[Iterator[FetchResult]]: ...
+
+
+@dataclass(frozen=True)
+class Message:
+    message_id: str
+    body: str | None
+
+
+@dataclass
+class Dependencies:
+    settings: Settings
+    claims: ClaimStore
+    target: Target
+    source: Callable[[], SourceConfig]  # called per invocation: credentials rotate
+    fetch: Fetch
+    logger: Logger
+    clock: Callable[[], float] = time.time
+
+
+@dataclass
+class BatchOutcome:
+    failed_message_ids: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    archive_key: str | None = None
+    archive_bytes: int = 0
+    archive_objects: int = 0
+
+
+@dataclass
+class _Work:
+    """Bookkeeping of one batch: which messages wait on which objects."""
+
+    refs: dict[str, ObjectRef] = field(default_factory=dict)  # object id -> ref
+    messages_of: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    failed_messages: set[str] = field(default_factory=set)
+
+    def fail_objects(self, ids: Iterable[str]) -> None:
+        for oid in ids:
+            self.failed_messages.update(self.messages_of[oid])
+
+
+def run_batch(messages: Sequence[Message], *, deps: Dependencies, deadline: float, owner: str) -> BatchOutcome:
+    """Archive every new object the messages name; say which messages must be retried."""
+    outcome = BatchOutcome()
+    work = _parse(messages, outcome=outcome, logger=deps.logger)
+    if work.refs:
+        try:
+            _archive_batch(work, deps=deps, deadline=deadline, owner=owner, outcome=outcome)
+        except RetryableError as e:
+            # Claims were released (or left to expire) where the failure happened.
+            deps.logger.warning("batch not archived; its messages will be retried", extra={"error": str(e)})
+            work.fail_objects(work.refs)
+    outcome.failed_message_ids = [m.message_id for m in messages if m.message_id in work.failed_messages]
+    outcome.counts["BatchItemFailures"] = len(outcome.failed_message_ids)
+    return outcome
+
+
+def _parse(messages: Sequence[Message], *, outcome: BatchOutcome, logger: Logger) -> _Work:
+    work = _Work()
+    for message in messages:
+        try:
+            parsed = parse_body(message.body)
+        except MalformedMessage as e:
+            logger.error("malformed message", extra={"message_id": message.message_id, "reason": str(e)})
+            outcome.counts["MalformedMessages"] += 1
+            work.failed_messages.add(message.message_id)
+            continue
+        outcome.counts["EventsIgnored"] += parsed.ignored
+        for ref in parsed.objects:
+            oid = object_id(ref)
+            if oid in work.refs:
+                outcome.counts["DuplicatesSkipped"] += 1  # named twice in one batch
+            work.refs.setdefault(oid, ref)
+            work.messages_of[oid].add(message.message_id)
+    return work
+
+
+def _archive_batch(work: _Work, *, deps: Dependencies, deadline: float, owner: str, outcome: BatchOutcome) -> None:
+    settings, claims, log = deps.settings, deps.claims, deps.logger
+    created_at = datetime.fromtimestamp(deps.clock(), tz=UTC)
+    archive_id = new_archive_id(created_at)
+    key = archive_key(settings.archive_prefix, created_at, archive_id, settings.archive_extension)
+    reserve = settings.deadline_reserve_ms / 1000
+    if deadline - deps.clock() < reserve:
+        raise OutOfTime("too little time left to claim and archive anything")
+
+    claimed = claims.claim(list(work.refs), owner=owner, lease_until=deadline, archive_key=key)
+    outcome.counts["DuplicatesSkipped"] += len(claimed.completed)
+    if claimed.busy:
+        log.info("objects held by another invocation; retried later", extra={"objects": len(claimed.busy)})
+        work.fail_objects(claimed.busy)
+    held = set(claimed.claimed)  # in progress and ours; emptied as they are released or committed
+    try:
+        recovered, undecided = _recover(claimed.taken_over, deps=deps, owner=owner)
+        outcome.counts["DuplicatesSkipped"] += len(recovered)
+        work.fail_objects(undecided)
+        held -= recovered | undecided
+        mine = [oid for oid in claimed.claimed if oid in held]
+        if mine:
+            _archive_and_publish(mine, held=held, work=work, deps=deps, deadline=deadline, owner=owner,
+                                 key=key, archive_id=archive_id, created_at=created_at, outcome=outcome)
+    finally:
+        if held:
+            _release(held, claims=claims, owner=owner, log=log)
+
+
+def _recover(taken_over: dict[str, str], *, deps: Dependencies, owner: str) -> tuple[set[str], set[str]]:
+    """Commit objects a dead invocation managed to publish before it could commit them.
+
+    Returns (recovered, undecided): undecided objects were taken over from an archive we
+    could not read; they are neither archived nor released now (a release would forget
+    that archive), so their messages are retried after our lease ends.
+    """
+    recovered: set[str] = set()
+    undecided: set[str] = set()
+    by_archive: defaultdict[str, list[str]] = defaultdict(list)
+    for oid, previous_key in taken_over.items():
+        if previous_key:
+            by_archive[previous_key].append(oid)
+    for previous_key, ids in by_archive.items():
+        try:
+            listed = _archived_ids(previous_key, target=deps.target)
+        except (AggregatorError, ValueError, OSError) as e:
+            deps.logger.error("cannot read a dead invocation's archive; its objects wait",
+                              extra={"archive_key": previous_key, "error": str(e)})
+            undecided.update(ids)
+            continue
+        found = [oid for oid in ids if oid in listed]
+        if found:
+            deps.claims.commit(found, owner=owner, archive_key=previous_key)
+            recovered.update(found)
+            deps.logger.info("recovered objects from a published archive",
+                             extra={"archive_key": previous_key, "objects": len(found)})
+    return recovered, undecided
+
+
+def _archived_ids(key: str, *, target: Target) -> set[str]:
+    codec = next((c for ext, c in CODEC_BY_EXTENSION.items() if key.endswith(ext)), None)
+    if codec is None:
+        return set()
+    body = target.open_object(key)
+    if body is None:
+        return set()
+    with contextlib.closing(body):  # type: ignore[type-var]
+        manifest = read_manifest(body, codec=codec)  # type: ignore[arg-type]
+    ids = set()
+    for entry in manifest.get("objects", []):
+        ref = ObjectRef(bucket=entry["bucket"], key=entry["key"], size=entry.get("size"), etag=entry.get("etag"),
+                        version_id=entry.get("version_id"), sequencer=entry.get("sequencer"))
+        ids.add(object_id(ref))
+    return ids
+
+
+def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: Dependencies, deadline: float,
+                         owner: str, key: str, archive_id: str, created_at: datetime,
+                         outcome: BatchOutcome) -> None:
+    settings, log = deps.settings, deps.logger
+    started = time.monotonic()
+    refs = [work.refs[oid] for oid in mine]
+    pending = {object_id(ref): ref.size or 0 for ref in refs}
+    archived: list[str] = []
+    not_archived: list[str] = []
+    cancel = threading.Event()
+    with ArchiveSpool(max_memory=settings.spool_max_memory_bytes,
+                      still_to_write=lambda: sum(pending.values())) as spool:
+        spool.ensure_room(sum(pending.values()))
+        with ArchiveWriter(spool, codec=settings.compression, level=settings.compression_level,
+                           threads=settings.zstd_threads, archive_id=archive_id, created_at=created_at) as writer:
+            with deps.fetch(refs, source=deps.source(), workers=settings.max_fetch_workers,
+                            processes=settings.fetch_processes, queue_depth=settings.fetch_queue_depth,
+                            cancel=cancel) as results:
+                for item in results:
+                    oid = object_id(item.ref)
+                    pending.pop(oid, None)
+                    if isinstance(item, Fetched | Streamed):
+                        writer.add(item)  # a Streamed body failing here abandons the archive
+                        archived.append(oid)
+                    elif isinstance(item, Missing):
+                        outcome.counts["ObjectsMissing"] += 1
+                        log.warning("object gone at the named version; acknowledged",
+                                    extra={"bucket": item.ref.bucket, "key": item.ref.key})
+                        not_archived.append(oid)
+                    elif isinstance(item, Failed):
+                        log.warning("fetch failed; retried later", extra={"bucket": item.ref.bucket,
+                                    "key": item.ref.key, "error": str(item.error)})
+                        not_archived.append(oid)
+                        work.fail_objects([oid])
+                    if _time_left(deps, deadline) < _publish_budget(settings, spool.size):
+                        log.warning("deadline near: archiving what is fetched so far")
+                        cancel.set()
+                        break
+            seen = set(archived).union(not_archived)
+            unfetched = [oid for oid in mine if oid not in seen]
+            work.fail_objects(unfetched)
+            not_archived += unfetched
+            summary = writer.finish() if archived else None
+
+        # Step 4: only claims of objects really in the archive may name it from now on.
+        if not_archived:
+            _release(not_archived, claims=deps.claims, owner=owner, log=log)
+            held.difference_update(not_archived)
+        if summary is None:
+            return
+        if _time_left(deps, deadline) < settings.deadline_reserve_ms / 1000 / 2:
+            raise OutOfTime("deadline reached before the archive could be published")
+        try:
+            deps.target.publish(key=key, source=spool.rewind(), size=summary.size, sha256_hex=summary.sha256_hex,
+                                part_bytes=settings.multipart_part_bytes, deadline=deadline)
+        except AggregatorError as e:
+            try:
+                published = _published_anyway(key, target=deps.target, log=log)
+            except _Undecided:
+                held.difference_update(archived)  # may be published: leave them to recovery
+                raise
+            if not published:
+                raise
+            log.warning("publish reported an error but the archive is complete", extra={"error": str(e)})
+
+    # Step 6. From here on the archive is published: never release these claims.
+    held.difference_update(archived)
+    try:
+        deps.claims.commit(archived, owner=owner, archive_key=key)
+    except RetryableError:
+        # The claims stay in progress naming this archive; the next delivery after our
+        # deadline recovers them from its manifest. Retry the messages to get there.
+        log.warning("commit failed after publish; recovery will commit", extra={"archive_key": key})
+        work.fail_objects(archived)
+        raise
+    outcome.archive_key = key
+    outcome.archive_bytes = summary.size
+    outcome.archive_objects = len(archived)
+    outcome.counts["ObjectsArchived"] += len(archived)
+    outcome.counts["ArchiveDurationMs"] = int((time.monotonic() - started) * 1000)
+    log.info("archive published", extra={"archive_key": key, "objects": len(archived), "bytes": summary.size})
+
+
+def _published_anyway(key: str, *, target: Target, log: Logger) -> bool:
+    """After an ambiguous publish failure: is the archive there after all?
+
+    If we cannot tell, the claims must not be released (a release could let the objects
+    be archived twice): re-raise and let the lease expire into the recovery path.
+    """
+    try:
+        return target.exists(key)
+    except AggregatorError as e:
+        log.error("cannot tell whether the archive was published; claims left to expire",
+                  extra={"archive_key": key, "error": str(e)})
+        raise _Undecided(str(e)) from e
+
+
+class _Undecided(RetryableError):
+    """Publish state unknown: keep the claims, fail the messages."""
+
+
+def _release(ids: Iterable[str], *, claims: ClaimStore, owner: str, log: Logger) -> None:
+    ids = list(ids)
+    try:
+        claims.release(ids, owner=owner)
+    except RetryableError as e:
+        # Not fatal: the leases end at our deadline and the objects become claimable.
+        log.warning("could not release claims; they expire at the deadline", extra={"error": str(e)})
+
+
+def _time_left(deps: Dependencies, deadline: float) -> float:
+    return deadline - deps.clock()
+
+
+def _publish_budget(settings: Settings, archive_bytes: int) -> float:
+    return settings.deadline_reserve_ms / 1000 + archive_bytes / _UPLOAD_BYTES_PER_SECOND
+
+
+def new_owner(request_id: str) -> str:
+    """A token unique to this invocation attempt (a retried request id is a new owner)."""
+    return f"{request_id}:{uuid.uuid4().hex[:12]}"
