@@ -55,11 +55,17 @@ def parse_body(body: str | bytes | None) -> ParsedMessage:
     """Parse one SQS body; raise :class:`MalformedMessage` for anything unrecognised."""
     if body is None:
         raise MalformedMessage("message has no body")
+    if not isinstance(body, str | bytes | bytearray):
+        raise MalformedMessage(f"body is a {type(body).__name__}, not text")
+    return _parse_document(_loads(body, "body"), depth=0)
+
+
+def _loads(text: str | bytes | bytearray, what: str) -> Any:
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MalformedMessage(f"body is not JSON: {e.__class__.__name__}") from e
-    return _parse_document(document, depth=0)
+        return json.loads(text)
+    # RecursionError: nesting deeper than the decoder's limit is a bad body, not a crash.
+    except (ValueError, RecursionError) as e:
+        raise MalformedMessage(f"{what} is not JSON: {e.__class__.__name__}") from e
 
 
 def _parse_document(document: Any, *, depth: int) -> ParsedMessage:
@@ -75,11 +81,7 @@ def _parse_document(document: Any, *, depth: int) -> ParsedMessage:
         message = document["Message"]
         if not isinstance(message, str):
             raise MalformedMessage("SNS envelope's Message is not a string")
-        try:
-            inner = json.loads(message)
-        except ValueError as e:
-            raise MalformedMessage("SNS envelope's Message is not JSON") from e
-        return _parse_document(inner, depth=depth + 1)
+        return _parse_document(_loads(message, "SNS envelope's Message"), depth=depth + 1)
     if document.get("source") == "aws.s3" and "detail-type" in document:
         return _parse_eventbridge(document)
     raise MalformedMessage("body is not an S3, SNS or EventBridge event")
@@ -94,7 +96,8 @@ def _parse_s3_notification(records: Any) -> ParsedMessage:
         if not isinstance(record, dict):
             raise MalformedMessage(f"record {index} is not an object")
         if record.get("eventSource") != "aws:s3":
-            raise MalformedMessage(f"record {index} has eventSource {record.get('eventSource')!r}, not aws:s3")
+            # The value is not echoed: the message is logged, and raw events never are.
+            raise MalformedMessage(f"record {index}: eventSource is not aws:s3")
         event_name = _text(record, "eventName", index)
         if not event_name.startswith("ObjectCreated:"):
             ignored += 1
@@ -126,7 +129,9 @@ def _object_ref(bucket: str, key: str, obj: dict[str, Any], index: int, *, etag_
                 version_field: str) -> ObjectRef:
     if not key:
         raise MalformedMessage(f"record {index}: object key is empty")
-    if len(key.encode("utf-8", "surrogatepass")) > 1024:
+    if not _is_unicode(key):
+        raise MalformedMessage(f"record {index}: object key is not valid Unicode")
+    if len(key.encode("utf-8")) > 1024:
         raise MalformedMessage(f"record {index}: object key is longer than S3's 1,024 bytes")
     size = obj.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
@@ -166,4 +171,15 @@ def _optional_text(container: dict[str, Any], name: str, index: int) -> str | No
         return None
     if not isinstance(value, str):
         raise MalformedMessage(f"record {index}: {name} is not a string")
+    if not _is_unicode(value):
+        raise MalformedMessage(f"record {index}: {name} is not valid Unicode")
     return value
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a lone surrogate (JSON can escape one; S3 and DynamoDB take only UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -78,11 +78,19 @@ def new_archive_id(now: datetime) -> str:
     """Sortable by time, unique by a random suffix."""
     import uuid
 
-    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex}"
+    return f"{_utc(now):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex}"
 
 
 def archive_key(prefix: str, created_at: datetime, archive_id: str, extension: str) -> str:
-    """``{prefix}/{YYYY}/{MM}/{DD}/{HH}/{archive_id}{extension}``, in UTC."""
-    utc = created_at.astimezone(UTC)
+    """``{prefix}/{YYYY}/{MM}/{DD}/{HH}/{archive_id}{extension}``, in UTC; ``created_at`` must be aware."""
+    utc = _utc(created_at)
     path = f"{utc:%Y/%m/%d/%H}/{archive_id}{extension}"
     return f"{prefix}/{path}" if prefix else path
+
+
+def _utc(moment: datetime) -> datetime:
+    # astimezone() would take a naive datetime as the machine's local time: a utcnow() value
+    # would then be shifted by the zone's offset. Refuse the ambiguity instead.
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("a timezone-aware datetime is required (got a naive one)")
+    return moment.astimezone(UTC)

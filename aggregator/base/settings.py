@@ -63,21 +63,26 @@ class Settings:
         if compression != "none":
             level = _int(env, "COMPRESSION_LEVEL", default_level or 0, low, high,
                          hint=f"for COMPRESSION={compression}")
+        else:
+            # Unused, but still checked: garbage must not pass silently. Any level some codec
+            # accepts is allowed, so switching to none does not require unsetting the level.
+            _int(env, "COMPRESSION_LEVEL", 0, 0, max(high for _, high, _ in CODEC_LEVELS.values()),
+                 hint="(ignored for COMPRESSION=none)")
         environment = _choice(env, "ENVIRONMENT", ENVIRONMENTS, "dev")
         use_moto = _bool(env, "USE_MOTO")
         if use_moto and environment == "prod":
             raise ConfigError("USE_MOTO is a test-only switch and is refused with ENVIRONMENT=prod")
-        if use_moto and not any(env.get(name) for name in ENDPOINT_VARIABLES):
-            raise ConfigError(
-                "USE_MOTO is set but no endpoint override (AWS_ENDPOINT_URL...) points at a "
-                "moto server: refusing to call real AWS"
-            )
+        if use_moto:
+            _check_moto_endpoints(env)
         fetch_processes = _int(env, "FETCH_PROCESSES", 1, 0, 64)
         if fetch_processes == 0:
             fetch_processes = os.cpu_count() or 1
         prefix = env.get("ARCHIVE_PREFIX", "archives").strip("/")
-        if any(seg in (".", "..") for seg in prefix.split("/")) or "//" in prefix:
-            raise ConfigError(f"ARCHIVE_PREFIX must be a plain key prefix, got {prefix!r}")
+        if prefix and (any(seg in ("", ".", "..") for seg in prefix.split("/")) or not prefix.isprintable()):
+            raise ConfigError(
+                "ARCHIVE_PREFIX must be a plain key prefix: '/'-separated segments of printable characters, "
+                f"none empty, '.' or '..'; got {prefix!r}"
+            )
         return cls(
             idempotency_table_name=_required(env, "IDEMPOTENCY_TABLE_NAME"),
             minio_secret_id=_required(env, "MINIO_SECRET_ID"),
@@ -99,6 +104,25 @@ class Settings:
     @property
     def archive_extension(self) -> str:
         return {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}[self.compression]
+
+
+def _check_moto_endpoints(env: Mapping[str, str]) -> None:
+    """Refuse USE_MOTO unless every service the function calls is pointed away from AWS."""
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+        raise ConfigError(
+            "USE_MOTO is set but AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true makes the SDK ignore every "
+            "endpoint override: refusing to call real AWS"
+        )
+    global_endpoint, *per_service = ENDPOINT_VARIABLES
+    if env.get(global_endpoint, "").strip():
+        return
+    missing = [name for name in per_service if not env.get(name, "").strip()]
+    if missing:
+        # One service left on its default endpoint is enough to reach real AWS.
+        raise ConfigError(
+            f"USE_MOTO is set but {global_endpoint} is not, nor {', '.join(missing)}: those calls would "
+            f"reach real AWS; point {global_endpoint} (or each of them) at a moto server"
+        )
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

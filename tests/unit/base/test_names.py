@@ -1,0 +1,326 @@
+"""Claim ids, tar member names and archive keys (contract sections 5 and 7)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+import time
+import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import PurePosixPath
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from aggregator.base.events import ObjectRef
+from aggregator.base.names import (
+    MemberNames,
+    archive_key,
+    escape_segment,
+    member_name,
+    new_archive_id,
+    object_id,
+    unescape_member,
+    unescape_segment,
+)
+
+
+def ref(key: str = "k", *, bucket: str = "src", version_id: str | None = "v1", etag: str | None = "e1",
+        sequencer: str | None = "0055AED6DCD90281E5") -> ObjectRef:
+    return ObjectRef(bucket=bucket, key=key, size=1, etag=etag, version_id=version_id, sequencer=sequencer)
+
+
+# --- object_id --------------------------------------------------------------------------
+
+OBJECT_ID = re.compile(r"(?P<shard>[0-9a-f]{4})#(?P<rest>(?P<bucket>[^/]+)/(?P<key>.*)#(?P<identity>[ve]:.*))", re.S)
+
+
+def test_object_id_is_stable_across_runs() -> None:
+    """Written once, looked up by later invocations for 15 days: a fixed value, not hash()."""
+    versioned = ref("incoming/2024/05/06/reading-0001.json", bucket="example-ingest-bucket",
+                    version_id="096fKKXTRTtl3on89fVO.nfljtsv6qko")
+    unversioned = ref("photos/résumé 日本.jpg", bucket="example-ingest-bucket", version_id=None,
+                      etag="d41d8cd98f00b204e9800998ecf8427e")
+    assert object_id(versioned) == (
+        "4502#example-ingest-bucket/incoming/2024/05/06/reading-0001.json#v:096fKKXTRTtl3on89fVO.nfljtsv6qko"
+    )
+    assert object_id(unversioned) == (
+        "ae04#example-ingest-bucket/photos/résumé 日本.jpg#e:d41d8cd98f00b204e9800998ecf8427e@0055AED6DCD90281E5"
+    )
+
+
+@pytest.mark.parametrize(
+    "r",
+    [ref(), ref("a/b c/d#e.txt"), ref("日本/📷", version_id=None), ref("/..//x", bucket="b.with.dots"),
+     ref("k", version_id=None, sequencer=None), ref("k" * 1024)],
+)
+def test_object_id_format(r: ObjectRef) -> None:
+    oid = object_id(r)
+    match = OBJECT_ID.fullmatch(oid)
+    assert match, oid
+    assert match["bucket"] == r.bucket
+    assert match["rest"] == f"{r.bucket}/{r.key}#{r.identity}"
+    assert oid.endswith(f"#{r.identity}")  # the rest ends with the version identity
+    assert match["shard"] == hashlib.sha256(match["rest"].encode("utf-8")).hexdigest()[:4]
+
+
+def test_object_id_distinguishes_versions_and_keys() -> None:
+    ids = {
+        object_id(ref()),
+        object_id(ref(version_id="v2")),
+        object_id(ref("K")),
+        object_id(ref(bucket="src2")),
+        object_id(ref(version_id=None)),
+        object_id(ref(version_id=None, sequencer="0055AED6DCD90281F0")),
+        object_id(ref(version_id=None, etag="e2")),
+    }
+    assert len(ids) == 7
+
+
+def test_object_id_ignores_what_is_not_identity() -> None:
+    """A redelivered event is the same object whatever its size field says."""
+    a = ObjectRef(bucket="b", key="k", size=1, etag="e", version_id="v", sequencer="01")
+    b = ObjectRef(bucket="b", key="k", size=None, etag="other", version_id="v", sequencer="02")
+    assert object_id(a) == object_id(b)
+
+
+def test_shards_spread() -> None:
+    shards = {object_id(ref(f"hot/prefix/{i:05d}"))[:4] for i in range(2000)}
+    assert len(shards) > 1900  # 65,536 possible: collisions are rare
+
+
+# --- member names: fixed cases ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "member"),
+    [
+        ("a/b.txt", "src/a/b.txt"),
+        ("résumé 日本.txt", "src/résumé 日本.txt"),
+        ("../../etc/passwd", "src/%2E%2E/%2E%2E/etc/passwd"),
+        ("/etc/passwd", "src/%/etc/passwd"),
+        ("a//b", "src/a/%/b"),
+        ("./x", "src/%2E/x"),
+        ("x/.", "src/x/%2E"),
+        ("dir/", "src/dir/%"),
+        ("/", "src/%/%"),
+        ("...", "src/..."),
+        (".hidden/..x", "src/.hidden/..x"),
+        ("50%", "src/50%25"),
+        ("%2E%2E", "src/%252E%252E"),
+        ("%", "src/%25"),
+        ("line\nbreak\ttab\x00nul\x7fdel", "src/line%0Abreak%09tab%00nul%7Fdel"),
+        ("c1\x85\x9f", "src/c1%C2%85%C2%9F"),
+        ("a+b c", "src/a+b c"),
+        ("back\\slash", "src/back\\slash"),
+    ],
+)
+def test_member_name_examples(key: str, member: str) -> None:
+    assert member_name("src", key) == member
+    assert unescape_member(member) == ("src", key)
+
+
+def test_segment_escaping_is_exact() -> None:
+    assert escape_segment("") == "%"
+    assert escape_segment(".") == "%2E"
+    assert escape_segment("..") == "%2E%2E"
+    assert unescape_segment("%") == ""
+    assert unescape_segment("%2E") == "."
+    assert unescape_segment("%2E%2E") == ".."
+    assert unescape_segment("%25") == "%"
+
+
+# --- member names: properties ------------------------------------------------------------
+
+# Keys built to hit the hard cases: separators, dots, percent signs, controls, unicode.
+_PARTS = st.sampled_from(
+    ["/", "/", "/", ".", "..", "%", "%2E", "%25", "%v2", "+", " ", "\x00", "\n", "\x1f", "\x7f", "\x85", "\u2028",
+     "é", "日本", "📷", "\\", "#", "a", "b"]
+)
+keys = st.one_of(
+    st.lists(_PARTS, max_size=12).map("".join),
+    st.text(st.characters(codec="utf-8"), max_size=60),
+    st.lists(st.sampled_from(["", ".", "..", "x", "%", " "]), max_size=6).map("/".join),
+)
+buckets = st.sampled_from(["src", "my.bucket", "a-b-c", "x" * 63])
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc"
+
+
+def assert_safe(name: str) -> None:
+    assert not name.startswith("/")
+    for segment in name.split("/"):
+        assert segment not in ("", ".", ".."), name
+    assert not any(_is_control(c) for c in name), name
+    name.encode("utf-8")  # pax headers are UTF-8
+
+
+@hsettings(deadline=None, max_examples=500)
+@given(buckets, keys)
+def test_member_name_is_safe_and_reversible(bucket: str, key: str) -> None:
+    name = member_name(bucket, key)
+    assert_safe(name)
+    assert name.split("/")[0] == bucket
+    assert "%v" not in name  # reserved for MemberNames' version suffix
+    assert unescape_member(name) == (bucket, key)
+
+
+@hsettings(deadline=None, max_examples=500)
+@given(buckets, keys, buckets, keys)
+def test_member_name_is_injective(bucket_a: str, key_a: str, bucket_b: str, key_b: str) -> None:
+    if (bucket_a, key_a) != (bucket_b, key_b):
+        assert member_name(bucket_a, key_a) != member_name(bucket_b, key_b)
+
+
+@hsettings(deadline=None, max_examples=200)
+@given(st.lists(keys, max_size=30))
+def test_member_names_of_many_keys_are_distinct(many: list[str]) -> None:
+    distinct = set(many)
+    assert len({member_name("src", k) for k in distinct}) == len(distinct)
+
+
+@hsettings(deadline=None, max_examples=300)
+@given(buckets, keys)
+def test_tarfile_extraction_filter_accepts_every_member_name(bucket: str, key: str) -> None:
+    """Python's own "data" extraction filter refuses anything leaving the destination."""
+    destination = "/srv/extract"
+    member = tarfile.TarInfo(member_name(bucket, key))
+    member.size = 0
+    filtered = tarfile.data_filter(member, destination)
+    target = PurePosixPath(destination, filtered.name)
+    assert PurePosixPath(destination) in target.parents
+
+
+# --- MemberNames ---------------------------------------------------------------------------
+
+
+def test_second_version_gets_a_suffix() -> None:
+    names = MemberNames()
+    assert names.assign("src", "a.txt") == "src/a.txt"
+    assert names.assign("src", "a.txt") == "src/a.txt%v2"
+    assert names.assign("src", "a.txt") == "src/a.txt%v3"
+    assert names.assign("src", "b.txt") == "src/b.txt"
+    assert names.assign("other", "a.txt") == "other/a.txt"
+
+
+def test_a_key_spelled_like_a_suffix_does_not_collide() -> None:
+    names = MemberNames()
+    assigned = [names.assign("src", "k"), names.assign("src", "k"), names.assign("src", "k%v2")]
+    assert assigned == ["src/k", "src/k%v2", "src/k%25v2"]
+
+
+def test_suffix_keeps_unsafe_keys_safe() -> None:
+    names = MemberNames()
+    for key in ("..", "..", "/", "/", "a/", "a/"):
+        assert_safe(names.assign("src", key))
+
+
+def test_archives_start_afresh() -> None:
+    assert MemberNames().assign("src", "k") == MemberNames().assign("src", "k") == "src/k"
+
+
+@hsettings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(buckets, keys), max_size=40))
+def test_member_names_are_unique_within_an_archive(objects: list[tuple[str, str]]) -> None:
+    names = MemberNames()
+    assigned = [names.assign(bucket, key) for bucket, key in objects]
+    assert len(set(assigned)) == len(assigned)
+    for name in assigned:
+        assert_safe(name)
+
+
+# --- archive ids and keys --------------------------------------------------------------
+
+
+MOMENT = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def test_archive_key_layout() -> None:
+    assert archive_key("archives", MOMENT, "ID", ".tar.zst") == "archives/2024/05/06/07/ID.tar.zst"
+    assert archive_key("a/b", MOMENT, "ID", ".tar") == "a/b/2024/05/06/07/ID.tar"
+
+
+def test_archive_key_with_empty_prefix() -> None:
+    assert archive_key("", MOMENT, "ID", ".tar.gz") == "2024/05/06/07/ID.tar.gz"
+
+
+@pytest.mark.parametrize(
+    ("moment", "hour_path"),
+    [
+        (datetime(2024, 1, 1, 3, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))), "2023/12/31/21"),
+        (datetime(2023, 12, 31, 20, 30, tzinfo=timezone(timedelta(hours=-4))), "2024/01/01/00"),
+        (datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC), "2024/02/29/23"),
+    ],
+)
+def test_archive_key_is_in_utc_whatever_the_datetime_zone(moment: datetime, hour_path: str) -> None:
+    assert archive_key("p", moment, "ID", ".tar") == f"p/{hour_path}/ID.tar"
+
+
+def test_naive_datetimes_are_refused() -> None:
+    """A naive value would be read as the machine's local time: refused rather than guessed."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        archive_key("p", datetime(2024, 5, 6, 7), "ID", ".tar")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        new_archive_id(datetime(2024, 5, 6, 7))
+
+
+@pytest.fixture(params=["XST-05:30", "YST+10", "EST+05EDT,M3.2.0,M11.1.0", "UTC0"])
+def local_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The process's local time zone set through TZ, and restored afterwards."""
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield request.param
+    finally:
+        if previous is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = previous
+        time.tzset()
+
+
+def test_archive_key_ignores_the_machine_time_zone(local_zone: str) -> None:
+    if local_zone == "XST-05:30":
+        assert time.timezone == -(5 * 3600 + 30 * 60)  # the zone really is in effect
+    stamp = 1_714_979_289  # 2024-05-06T07:08:09Z
+    as_utc = datetime.fromtimestamp(stamp, tz=UTC)
+    as_local = datetime.fromtimestamp(stamp).astimezone()  # aware, in the local zone
+    expected = "archives/2024/05/06/07/ID.tar.zst"
+    assert archive_key("archives", as_utc, "ID", ".tar.zst") == expected
+    assert archive_key("archives", as_local, "ID", ".tar.zst") == expected
+    assert new_archive_id(as_local).startswith("20240506T070809Z-")
+
+
+def test_local_zone_fixture_restores_tz() -> None:
+    """Runs after the parametrised test above: the zone it set must be gone."""
+    assert os.environ.get("TZ") not in ("XST-05:30", "YST+10", "EST+05EDT,M3.2.0,M11.1.0")
+
+
+def test_new_archive_id_format() -> None:
+    archive_id = new_archive_id(MOMENT)
+    assert re.fullmatch(r"20240506T070809Z-[0-9a-f]{32}", archive_id)
+
+
+def test_new_archive_ids_are_unique() -> None:
+    assert len({new_archive_id(MOMENT) for _ in range(1000)}) == 1000
+
+
+def test_new_archive_ids_sort_by_time() -> None:
+    moments = [MOMENT + timedelta(seconds=s) for s in (0, 1, 59, 3600, 86400 * 40)]
+    ids = [new_archive_id(m) for m in moments]
+    assert ids == sorted(ids)
+
+
+def test_archive_id_and_key_agree() -> None:
+    """The manifest's archive_id is the one in the key."""
+    archive_id = new_archive_id(MOMENT)
+    key = archive_key("archives", MOMENT, archive_id, ".tar.zst")
+    assert key.rsplit("/", 1)[1] == f"{archive_id}.tar.zst"
