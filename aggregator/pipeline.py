@@ -26,18 +26,26 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from aggregator.archive.manifest import read_manifest
 from aggregator.archive.writer import ArchiveWriter
-from aggregator.base.errors import AggregatorError, MalformedMessage, OutOfTime, RetryableError
+from aggregator.base.errors import (
+    AggregatorError,
+    FetchError,
+    MalformedMessage,
+    OutOfTime,
+    PermanentError,
+    RetryableError,
+)
 from aggregator.base.events import ObjectRef, parse_body
 from aggregator.base.names import archive_key, new_archive_id, object_id
 from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, Streamed
 from aggregator.base.settings import Settings
-from aggregator.claims import ClaimStore
+from aggregator.claims import ClaimOutcome, ClaimStore
 from aggregator.spool import ArchiveSpool
 
 if TYPE_CHECKING:
@@ -53,17 +61,17 @@ _UPLOAD_BYTES_PER_SECOND = 20 << 20
 class Target(Protocol):
     """Where archives go (aggregator.delivery.MinioTarget)."""
 
-    def publish(self, *, key: str, source: object, size: int, sha256_hex: str, part_bytes: int,
+    def publish(self, *, key: str, source: BinaryIO, size: int, sha256_hex: str, part_bytes: int,
                 deadline: float | None = None) -> None: ...
 
     def exists(self, key: str) -> bool: ...
 
-    def open_object(self, key: str) -> object: ...
+    def open_object(self, key: str) -> BinaryIO | None: ...
 
 
 class Fetch(Protocol):
     def __call__(self, refs: Sequence[ObjectRef], *, source: SourceConfig, workers: int, processes: int,
-                 queue_depth: int, cancel: threading.Event) -> contextlib.AbstractContextManager[Iterator[FetchResult]]: ...
+                 queue_depth: int, cancel: threading.Event) -> AbstractContextManager[Iterator[FetchResult]]: ...
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ def _archive_batch(work: _Work, *, deps: Dependencies, deadline: float, owner: s
         work.fail_objects(claimed.busy)
     held = set(claimed.claimed)  # in progress and ours; emptied as they are released or committed
     try:
-        recovered, undecided = _recover(claimed.taken_over, deps=deps, owner=owner)
+        recovered, undecided = _recover(claimed, deps=deps, owner=owner)
         outcome.counts["DuplicatesSkipped"] += len(recovered)
         work.fail_objects(undecided)
         held -= recovered | undecided
@@ -170,7 +178,7 @@ def _archive_batch(work: _Work, *, deps: Dependencies, deadline: float, owner: s
             _release(held, claims=claims, owner=owner, log=log)
 
 
-def _recover(taken_over: dict[str, str], *, deps: Dependencies, owner: str) -> tuple[set[str], set[str]]:
+def _recover(claimed: ClaimOutcome, *, deps: Dependencies, owner: str) -> tuple[set[str], set[str]]:
     """Commit objects a dead invocation managed to publish before it could commit them.
 
     Returns (recovered, undecided): undecided objects were taken over from an archive we
@@ -179,25 +187,35 @@ def _recover(taken_over: dict[str, str], *, deps: Dependencies, owner: str) -> t
     """
     recovered: set[str] = set()
     undecided: set[str] = set()
-    by_archive: defaultdict[str, list[str]] = defaultdict(list)
-    for oid, previous_key in taken_over.items():
-        if previous_key:
-            by_archive[previous_key].append(oid)
-    for previous_key, ids in by_archive.items():
-        try:
-            listed = _archived_ids(previous_key, target=deps.target)
-        except (AggregatorError, ValueError, OSError) as e:
-            deps.logger.error("cannot read a dead invocation's archive; its objects wait",
-                              extra={"archive_key": previous_key, "error": str(e)})
-            undecided.update(ids)
+    listings: dict[str, set[str] | None] = {}  # archive key -> object ids it lists (None: unreadable)
+    found_in: defaultdict[str, list[str]] = defaultdict(list)
+    for oid, previous_key in claimed.taken_over.items():
+        for key in claimed.earlier_archives.get(oid) or [previous_key]:
+            if key not in listings:
+                listings[key] = _read_listing(key, deps=deps)
+            listing = listings[key]
+            if listing is None:
+                undecided.add(oid)
+            elif oid in listing:
+                found_in[key].append(oid)
+                break
+        else:
             continue
-        found = [oid for oid in ids if oid in listed]
-        if found:
-            deps.claims.commit(found, owner=owner, archive_key=previous_key)
-            recovered.update(found)
-            deps.logger.info("recovered objects from a published archive",
-                             extra={"archive_key": previous_key, "objects": len(found)})
+        undecided.discard(oid)  # found in a readable archive: decided after all
+    for key, ids in found_in.items():
+        deps.claims.commit(ids, owner=owner, archive_key=key)
+        recovered.update(ids)
+        deps.logger.info("recovered objects from a published archive", extra={"archive_key": key, "objects": len(ids)})
     return recovered, undecided
+
+
+def _read_listing(key: str, *, deps: Dependencies) -> set[str] | None:
+    try:
+        return _archived_ids(key, target=deps.target)
+    except (AggregatorError, ValueError, OSError) as e:
+        deps.logger.error("cannot read a dead invocation's archive; its objects wait",
+                          extra={"archive_key": key, "error": str(e)})
+        return None
 
 
 def _archived_ids(key: str, *, target: Target) -> set[str]:
@@ -207,8 +225,8 @@ def _archived_ids(key: str, *, target: Target) -> set[str]:
     body = target.open_object(key)
     if body is None:
         return set()
-    with contextlib.closing(body):  # type: ignore[type-var]
-        manifest = read_manifest(body, codec=codec)  # type: ignore[arg-type]
+    with contextlib.closing(body):
+        manifest = read_manifest(body, codec=codec)
     ids = set()
     for entry in manifest.get("objects", []):
         ref = ObjectRef(bucket=entry["bucket"], key=entry["key"], size=entry.get("size"), etag=entry.get("etag"),
@@ -239,8 +257,17 @@ def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: 
                     oid = object_id(item.ref)
                     pending.pop(oid, None)
                     if isinstance(item, Fetched | Streamed):
-                        writer.add(item)  # a Streamed body failing here abandons the archive
-                        archived.append(oid)
+                        try:
+                            writer.add(item)
+                        except (FetchError, PermanentError) as e:
+                            if writer.broken:  # part of a member is written: abandon the archive
+                                raise
+                            log.warning("object not archivable now", extra={"bucket": item.ref.bucket,
+                                        "key": item.ref.key, "error": str(e)})
+                            not_archived.append(oid)
+                            work.fail_objects([oid])
+                        else:
+                            archived.append(oid)
                     elif isinstance(item, Missing):
                         outcome.counts["ObjectsMissing"] += 1
                         log.warning("object gone at the named version; acknowledged",
