@@ -1,0 +1,1 @@
+"""Operator and developer scripts (run from the repo root, e.g. `.venv/bin/python scripts/local_deploy.py up`)."""
