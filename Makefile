@@ -40,6 +40,9 @@ bench-quick: setup
 package: setup
 	npx serverless package --stage dev
 
+deploy-local: setup
+	$(PY) scripts/local_deploy.py up
+
 stack-up: setup
 	$(PY) -m localstack up
 
