@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import statistics
 import sys
 import threading
@@ -167,7 +168,7 @@ def _run(options: DemoOptions, state: stack.StackState, result: DemoResult, tqdm
     # Messages to acknowledge: one per upload, the re-sent duplicates, S3's test event.
     expected_messages = options.objects + duplicates + 1
     bar = tqdm(total=expected_messages, desc="archived ", unit="msg", disable=not options.progress, position=1,
-               leave=True, dynamic_ncols=True)
+               leave=True, ncols=_columns())
     tracker = _Tracker(duplicates=duplicates, bar=bar)
     mapping = MappingConfig(queue_url=resources["queue_url"], queue_arn=resources["queue_arn"], region=state.region,
                             batch_size=options.batch_size or fn["batch_size"],
@@ -218,7 +219,8 @@ def _run(options: DemoOptions, state: stack.StackState, result: DemoResult, tqdm
     minio = state.minio_client()
     listed = sum(len(page.get("Contents", [])) for page in
                  minio.get_paginator("list_objects_v2").paginate(Bucket=resources["archive_bucket"]))
-    with tqdm(total=listed, desc="verified ", unit="archive", disable=not options.progress) as verify_bar:
+    with tqdm(total=listed, desc="verified ", unit="archive", disable=not options.progress,
+              ncols=_columns()) as verify_bar:
         result.verification = verify_archives(
             minio=minio, archive_bucket=resources["archive_bucket"], prefix=state.env.get("ARCHIVE_PREFIX", "archives"),
             source_s3=s3, source_bucket=resources["landing_bucket"], expected=result.uploads,
@@ -240,7 +242,7 @@ def _upload(s3: Any, bucket: str, specs: list[FileSpec], *, threads: int, progre
 
     with ThreadPoolExecutor(max_workers=threads) as pool, \
             tqdm(total=len(specs), desc="uploaded ", unit="obj", disable=not progress, position=0,
-                 dynamic_ncols=True) as bar:
+                 ncols=_columns()) as bar:
         pending: set[Future[Uploaded]] = set()
         for spec in specs:
             if len(pending) >= 2 * threads:
@@ -255,6 +257,12 @@ def _upload(s3: Any, bucket: str, specs: list[FileSpec], *, threads: int, progre
             uploads[upload.key] = upload
             bar.update(1)
     return uploads
+
+
+def _columns() -> int:
+    # A terminal that reports no size (some CI ptys) would get empty bars.
+    columns = shutil.get_terminal_size().columns
+    return columns if columns >= 40 else 100
 
 
 def _first(value: float | None, default: float) -> float:

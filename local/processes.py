@@ -36,7 +36,7 @@ def is_running(pid: int, *, program: str | None = None) -> bool:
     return any(Path(arg.decode(errors="replace")).name == Path(program).name for arg in cmdline.split(b"\0")[:3])
 
 
-def stop(pid: int, *, program: str | None = None, grace: float = 10.0) -> bool:
+def stop(pid: int, *, program: str | None = None, grace: float = 5.0) -> bool:
     """Stop ``pid`` and its process group: SIGTERM, then SIGKILL after ``grace`` seconds.
 
     Returns False when there was nothing of ours to stop. Every process here is started

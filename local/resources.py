@@ -142,8 +142,8 @@ def create_table(client: DynamoDBClient, name: str) -> None:
     try:
         from tests.support.tables import create_claims_table
     except ImportError:
-        create_claims_table = None
-    if create_claims_table is not None:
+        pass
+    else:
         create_claims_table(client, name)
         return
     client.create_table(

@@ -95,7 +95,7 @@ class RunSummary:
     stop_reason: str
     started: float
     finished: float
-    metrics: Counter[str] = field(default_factory=Counter)
+    metrics: dict[str, float] = field(default_factory=dict)  # EMF metric sums from the function's log
     log_lines: int = 0
     non_json_lines: int = 0
     non_json_examples: list[str] = field(default_factory=list)
@@ -322,7 +322,7 @@ class EventSourceRunner:
         with self._lock:
             return RunSummary(
                 records=list(self._records), stop_reason=self._stop_reason, started=self._started,
-                finished=time.time(), metrics=Counter(self.sink.metrics), log_lines=self.sink.lines,
+                finished=time.time(), metrics=dict(self.sink.metrics), log_lines=self.sink.lines,
                 non_json_lines=self.sink.non_json_lines, non_json_examples=list(self.sink.non_json_examples),
                 errors=list(self._errors),
             )

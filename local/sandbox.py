@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,7 +78,7 @@ class LogSink:
     def __init__(self, path: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = open(path, "ab") if path else None  # noqa: SIM115 - closed in close()
-        self.metrics: Counter[str] = Counter()
+        self.metrics: dict[str, float] = {}
         self.lines = 0
         self.non_json_lines = 0
         self.non_json_examples: list[str] = []
@@ -93,7 +92,8 @@ class LogSink:
                 if len(self.non_json_examples) < 5:
                     self.non_json_examples.append(line.decode(errors="replace").rstrip()[:300])
             else:
-                self.metrics.update(metrics)
+                for name, value in metrics.items():
+                    self.metrics[name] = self.metrics.get(name, 0) + value
             if self._file:
                 self._file.write(line if line.endswith(b"\n") else line + b"\n")
 
@@ -111,7 +111,7 @@ class LogSink:
                 self._file = None
 
 
-def _emf_metrics(line: bytes) -> Counter[str] | None:
+def _emf_metrics(line: bytes) -> dict[str, float] | None:
     """The metric values of an EMF line, empty for another JSON line, None if not JSON."""
     try:
         document = json.loads(line)
@@ -119,13 +119,15 @@ def _emf_metrics(line: bytes) -> Counter[str] | None:
         return None
     if not isinstance(document, dict):
         return None
-    metrics: Counter[str] = Counter()
-    for directive in document.get("_aws", {}).get("CloudWatchMetrics", []) if isinstance(
-            document.get("_aws"), dict) else []:
+    metrics: dict[str, float] = {}
+    aws = document.get("_aws")
+    directives = aws.get("CloudWatchMetrics", []) if isinstance(aws, dict) else []
+    for directive in directives:
         for metric in directive.get("Metrics", []):
             value = document.get(metric.get("Name"))
             values = value if isinstance(value, list) else [value]
-            metrics[metric["Name"]] += sum(v for v in values if isinstance(v, int | float))
+            total = sum(v for v in values if isinstance(v, int | float) and not isinstance(v, bool))
+            metrics[metric["Name"]] = metrics.get(metric["Name"], 0) + total
     return metrics
 
 

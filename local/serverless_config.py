@@ -48,7 +48,7 @@ class StageConfig:
     environment: dict[str, str]
 
 
-class _TolerantLoader(yaml.SafeLoader):
+class _TolerantLoader(yaml.SafeLoader):  # type: ignore[misc]
     """Keeps CloudFormation tags (``!Ref``, ``!GetAtt``...) as ``{"!Tag": value}``."""
 
 
@@ -57,7 +57,7 @@ def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, 
         return {f"!{suffix}": loader.construct_scalar(node)}
     if isinstance(node, yaml.SequenceNode):
         return {f"!{suffix}": loader.construct_sequence(node, deep=True)}
-    return {f"!{suffix}": loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]
+    return {f"!{suffix}": loader.construct_mapping(node, deep=True)}
 
 
 _TolerantLoader.add_multi_constructor("!", _tagged)

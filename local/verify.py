@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 MANIFEST = "MANIFEST.json"
 EXTENSIONS = {".tar.zst": "zstd", ".tar.gz": "gzip", ".tar": "none"}
@@ -76,17 +76,17 @@ def open_decompressor(codec: str, source: BinaryIO) -> BinaryIO:
     try:
         from aggregator.archive.codecs import open_decompressor as package_reader
     except ImportError:
-        package_reader = None
-    if package_reader is not None:
+        pass
+    else:
         return package_reader(codec, source)
     if codec == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)  # type: ignore[no-any-return]
+        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
     if codec == "gzip":
         import gzip
 
-        return gzip.GzipFile(fileobj=source, mode="rb")
+        return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb"))
     return source
 
 
