@@ -8,21 +8,28 @@ process left running afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from local import stack
 from local.demo import DemoOptions, run_demo
 from local.processes import is_running
+from local.resources import aws_client, minio_client
 from local.sample_event import make_sample_event
-from local.verify import verify_archives
+from local.verify import Uploaded, verify_archives
+from tests.conftest import S3Target
+from tests.support.servers import MotoServer
 
 pytestmark = pytest.mark.servers
 
@@ -114,3 +121,59 @@ def test_serverless_invoke_local_runs_against_the_same_stack(tmp_path: Path) -> 
         assert verification.objects_archived == 1
     finally:
         stack.down(state_dir=state_dir)
+
+
+def _archive(members: list[tuple[str, bytes]], manifest: dict[str, object], *,
+             tar_format: int = tarfile.PAX_FORMAT) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tar_format) as tar:
+        for name, data in [*members, ("MANIFEST.json", json.dumps(manifest).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return zstandard.ZstdCompressor().compress(raw.getvalue())
+
+
+def test_the_verifier_catches_what_it_must(moto_server: MotoServer, minio_target: S3Target) -> None:
+    """A verifier that cannot fail proves nothing: feed it an object archived twice, a
+    missing one, a wrong checksum and a GNU tar, and expect each to be named."""
+    source = aws_client("s3", endpoint_url=moto_server.endpoint_url, region="eu-west-2")
+    minio = minio_client(endpoint_url=minio_target.endpoint_url, access_key=minio_target.access_key,
+                         secret_key=minio_target.secret_key)
+    landing, archive_bucket = f"landing-{uuid.uuid4().hex[:8]}", f"archive-{uuid.uuid4().hex[:8]}"
+    source.create_bucket(Bucket=landing, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    minio.create_bucket(Bucket=archive_bucket)
+    expected: dict[str, Uploaded] = {}
+    for key, body in (("a.txt", b"alpha"), ("b c.txt", b"bravo"), ("missing.txt", b"never archived")):
+        etag = source.put_object(Bucket=landing, Key=key, Body=body)["ETag"].strip('"')
+        expected[key] = Uploaded(key=key, size=len(body), sha256=hashlib.sha256(body).hexdigest(), etag=etag,
+                                 version_id=None, uploaded_at=0.0)
+
+    def entry(key: str, data: bytes) -> dict[str, object]:
+        return {"bucket": landing, "key": key, "member": f"{landing}/{key}", "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(), "etag": expected[key].etag, "version_id": None,
+                "sequencer": None, "last_modified": "2023-11-14T22:13:20+00:00"}
+
+    def put(archive_id: str, data: bytes, *, checksum: str | None = None) -> None:
+        minio.put_object(Bucket=archive_bucket, Key=f"archives/2026/11/26/12/{archive_id}.tar.zst", Body=data,
+                         Metadata={"sha256_checksum": checksum or hashlib.sha256(data).hexdigest()})
+
+    for archive_id in ("first", "second"):  # "a.txt" lands in two archives
+        members = [(f"{landing}/a.txt", b"alpha"), (f"{landing}/b c.txt", b"bravo")]
+        members = members[:1] if archive_id == "second" else members
+        objects = [entry(name.split("/", 1)[1], data) for name, data in members]
+        put(archive_id, _archive(members, {"archive_id": archive_id, "codec": "zstd", "objects": objects}))
+    gnu_members = [(f"{landing}/b c.txt", b"bravo")]
+    put("gnu", _archive(gnu_members, {"archive_id": "gnu", "codec": "zstd", "objects": [entry("b c.txt", b"bravo")]},
+                        tar_format=tarfile.GNU_FORMAT), checksum="0" * 64)
+
+    result = verify_archives(minio=minio, archive_bucket=archive_bucket, prefix="archives", source_s3=source,
+                             source_bucket=landing, expected=expected)
+
+    problems = "\n".join(result.problems)
+    assert "'a.txt' is in 2 archives" in problems
+    assert "'b c.txt' is in 2 archives" in problems
+    assert "'missing.txt' is in 0 archives" in problems
+    assert "gnu.tar.zst: sha256_checksum metadata" in problems
+    assert "no POSIX ustar/pax header" in problems
+    assert not result.ok
