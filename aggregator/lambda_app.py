@@ -145,7 +145,7 @@ def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]
 def _records(event: Any) -> list[dict[str, Any]]:
     if not isinstance(event, dict) or not isinstance(event.get("Records"), list):
         raise ValueError("the event is not an SQS batch: expected an object with a Records list")
-    records = event["Records"]
+    records: list[dict[str, Any]] = event["Records"]
     for index, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("messageId"), str):
             raise ValueError(f"SQS record {index} has no messageId")
