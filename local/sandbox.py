@@ -157,6 +157,9 @@ class Sandbox:
             "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
             "LAMBDA_TASK_ROOT": str(self.config.task_root),
             "_HANDLER": self.config.handler,
+            # As Lambda sets them; nothing listens there, and Sampled=0 sends nothing anyway.
+            "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
+            "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
             "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(self.config.task_root), str(REPO_ROOT)])),
         })
         env.setdefault("AWS_REGION", self.config.region)
@@ -259,7 +262,9 @@ class Sandbox:
         }
         self.sink.runtime_line(f"START RequestId: {request_id} Version: $LATEST")
         try:
-            self._requests.write(json.dumps({"event": event, "context": context}).encode() + b"\n")
+            trace_id = f"Root=1-{int(started):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0"
+            self._requests.write(json.dumps({"event": event, "context": context, "trace_id": trace_id}).encode()
+                                 + b"\n")
             self._requests.flush()
             message = self._read_response(deadline)
         except BrokenPipeError:

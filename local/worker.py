@@ -79,6 +79,10 @@ def serve(spec: str, requests: BinaryIO, responses: BinaryIO) -> int:
     for line in requests:
         request = json.loads(line)
         context = LambdaContext(**request["context"])
+        # The runtime sets the invocation's trace header in the environment, where the
+        # X-Ray SDK (Powertools Tracer) looks for it; without it the SDK logs plain-text
+        # warnings that a real Lambda never shows.
+        os.environ["_X_AMZN_TRACE_ID"] = request["trace_id"]
         try:
             result = handler(request["event"], context)
             payload = {"type": "result", "result": result}
