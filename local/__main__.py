@@ -23,6 +23,16 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _env_pairs(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--env takes NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
+
+
 def _state(args: argparse.Namespace) -> stack.StackState:
     state = stack.StackState.load(args.state_dir)
     if state is None or not state.ready or not all(state.alive().values()):
@@ -79,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         report_batch_item_failures=fn["report_batch_item_failures"], poll_wait_s=args.poll_wait)
     function = FunctionConfig(handler=args.handler or fn["handler"], name=fn["name"],
                               timeout_s=args.timeout or fn["timeout_s"], memory_mb=fn["memory_mb"],
-                              region=state.region, env=state.env, task_root=args.task_root)
+                              region=state.region, env={**state.env, **_env_pairs(args.env)}, task_root=args.task_root)
     log_path = Path(state.state_dir) / "function.log"
     runner = EventSourceRunner(state.aws_client("sqs", max_pool=args.concurrency + 4 if args.concurrency else 8),
                                mapping, function, concurrency=args.concurrency or fn["max_concurrency"],
@@ -94,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps({
         "stop_reason": summary.stop_reason, "invocations": dict(summary.outcomes),
         "messages_received": summary.messages_received, "messages_deleted": summary.messages_acked,
-        "messages_left": summary.messages_failed, "metrics": dict(summary.metrics),
+        "messages_left": summary.messages_failed,
+        "metrics": {k: int(v) if float(v).is_integer() else v for k, v in summary.metrics.items()},
         "non_json_log_lines": summary.non_json_lines, "errors": summary.errors,
     }, indent=2))
     return 1 if summary.errors else 0
@@ -121,6 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         objects=args.objects, duplicates=args.duplicates, concurrency=args.concurrency, batch_size=args.batch_size,
         batching_window_s=args.batching_window, function_timeout_s=args.function_timeout, seed=args.seed,
         max_s=args.max_time, idle_s=args.idle, handler=args.handler, task_root=args.task_root,
+        extra_env=_env_pairs(args.env),
         state_dir=args.state_dir, progress=not args.no_progress, keep=args.keep)
     result = run_demo(options)
     return 0 if result.ok else 1
@@ -149,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--max-time", type=float, default=900.0, help="stop after this many seconds")
         command.add_argument("--handler", help="module.function (default: serverless.yml's)")
         command.add_argument("--task-root", type=Path, default=stack.REPO_ROOT, help="where the handler module is")
+        command.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                             help="add to the function's environment (repeatable), e.g. DEADLINE_RESERVE_MS=0")
 
     run = commands.add_parser("run", help="Lambda's SQS event source mapping against the running stack")
     runner_options(run)

@@ -20,7 +20,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ class DemoOptions:
     max_s: float = 900.0
     poll_wait_s: int = 2  # short long-polls let the run end promptly once the queue is empty
     handler: str | None = None  # default: serverless.yml's
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # added to the function's environment
     task_root: Path = stack.REPO_ROOT
     state_dir: Path = stack.DEFAULT_STATE_DIR
     progress: bool = True
@@ -176,7 +177,7 @@ def _run(options: DemoOptions, state: stack.StackState, result: DemoResult, tqdm
                             report_batch_item_failures=fn["report_batch_item_failures"],
                             poll_wait_s=options.poll_wait_s)
     function = FunctionConfig(handler=options.handler or fn["handler"], name=fn["name"], timeout_s=fn["timeout_s"],
-                              memory_mb=fn["memory_mb"], region=state.region, env=state.env,
+                              memory_mb=fn["memory_mb"], region=state.region, env={**state.env, **options.extra_env},
                               task_root=options.task_root)
     log_path = Path(options.state_dir) / "function.log"
     log_path.unlink(missing_ok=True)
@@ -293,7 +294,9 @@ def format_report(options: DemoOptions, result: DemoResult) -> str:
         f"{result.duplicates_sent} duplicates re-sent, S3's test event)",
         f"  archives out        {len(verification.archives)} ({bytes_out / MB:.2f} MB), "
         f"{verification.objects_archived} objects",
-        f"  duplicates skipped  {_metric(metric, 'DuplicatesSkipped')} (of {result.duplicates_sent} re-sent)",
+        f"  duplicates skipped  {_metric(metric, 'DuplicatesSkipped')} ({result.duplicates_sent} re-sent on purpose"
+        + ("; the rest are redeliveries of objects already archived)"
+           if metric.get("DuplicatesSkipped", 0) > result.duplicates_sent else ")"),
         f"  compression ratio   {bytes_in / bytes_out:.2f}x" if bytes_out else "  compression ratio   -",
         f"  throughput          {verification.objects_archived / ingest:.1f} objects/s, "
         f"{bytes_in / MB / ingest:.2f} MB/s (first upload to last acknowledgement: {ingest:.1f} s)"
