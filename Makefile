@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-full lint bench bench-quick package deploy-local stack-up stack-down clean
+.PHONY: setup demo test test-full lint bench bench-quick package deploy-local stack-up stack-down stack-status run-local invoke-local clean
 
 $(STAMP): requirements.txt requirements-dev.txt package.json
 	@command -v zstd >/dev/null || (apt-get update -qq && apt-get install -y -qq zstd) || true
@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt package.json
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m localstack demo
+	$(PY) -m local demo
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
@@ -44,10 +44,22 @@ deploy-local: setup
 	$(PY) scripts/local_deploy.py up
 
 stack-up: setup
-	$(PY) -m localstack up
+	$(PY) -m local up
 
 stack-down:
-	$(PY) -m localstack down
+	$(PY) -m local down
 
-clean:
+stack-status:
+	$(PY) -m local status
+
+# Lambda's SQS trigger, emulated, against the running stack.
+run-local: setup
+	$(PY) -m local run
+
+# serverless invoke local with a real event from the running stack.
+invoke-local: setup
+	$(PY) -m local event
+	set -a; . .local-stack/env; set +a; PATH=$(CURDIR)/$(VENV)/bin:$$PATH npx serverless invoke local -f aggregator --stage local -p .local-stack/event.json
+
+clean: stack-down
 	rm -rf .serverless .local-stack .pytest_cache
