@@ -1,0 +1,158 @@
+"""Signed HTTP/1.1 over the AWS Common Runtime (``awscrt``, boto3's own optional C runtime).
+
+Why the CRT and not botocore's signer over urllib3: measured here on 2,000 GETs of 8 KiB,
+botocore's ``S3SigV4Auth`` costs ~0.06 ms and urllib3/http.client another ~0.3 ms per
+GET in Python, while the CRT signs (~0.01 ms) and parses HTTP in C. Driven by callbacks
+(no Python thread waiting per request), a GET costs ~0.1 ms of client CPU.
+
+The engine talks to this module through three small protocols (:class:`Transport`,
+:class:`Connection`, :class:`Stream`) so that unit tests can drive it with a fake.
+Callbacks arrive on the CRT's event-loop threads; they must not block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+from awscrt import auth, http, io
+
+from aggregator.fetch.source import Endpoint, SourceConfig
+
+
+class Handler(Protocol):
+    """Receives one request's events (from an event-loop thread)."""
+
+    def on_response(self, stream: Stream, status: int, headers: list[tuple[str, str]]) -> None: ...
+
+    def on_body(self, chunk: bytes) -> None: ...
+
+    def on_complete(self, error: BaseException | None) -> None: ...
+
+
+class Stream(Protocol):
+    def update_window(self, size: int) -> None: ...
+
+
+class Connection(Protocol):
+    def is_open(self) -> bool: ...
+
+    def request(self, path: str, headers: list[tuple[str, str]], handler: Handler) -> Stream:
+        """Sign and send a GET; raise if it cannot even be started."""
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    def connect(self, host: str, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
+        """Open a connection to ``host`` (the endpoint's port) and call ``on_done`` once."""
+
+    def close(self) -> None:
+        """Release the event loops; every connection must be closed first."""
+
+
+class CrtTransport:
+    """Connections with manual flow control: a stream's window starts at ``window`` bytes,
+    so a large body waits in the socket until its reader asks for more."""
+
+    def __init__(self, source: SourceConfig, *, window: int, event_loop_threads: int | None = None) -> None:
+        self._endpoint = Endpoint.parse(source.endpoint_url)
+        self._window = window
+        self._event_loops: Any = io.EventLoopGroup(event_loop_threads)
+        self._shutdown_event = self._event_loops.shutdown_event
+        resolver = io.DefaultHostResolver(self._event_loops)
+        self._bootstrap: Any = io.ClientBootstrap(self._event_loops, resolver)
+        self._socket = io.SocketOptions()
+        self._socket.connect_timeout_ms = max(1, int(source.connect_timeout * 1000))
+        self._socket.keep_alive = True
+        self._tls: Any = None
+        if self._endpoint.tls:
+            options = io.TlsContextOptions()
+            if isinstance(source.verify, str):
+                options.override_default_trust_store_from_path(None, source.verify)
+            elif source.verify is False:
+                options.verify_peer = False
+            self._tls = io.ClientTlsContext(options)
+        credentials = auth.AwsCredentialsProvider.new_static(
+            source.access_key, source.secret_key, source.session_token or None)
+        self._signing = auth.AwsSigningConfig(
+            algorithm=auth.AwsSigningAlgorithm.V4,
+            signature_type=auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
+            credentials_provider=credentials,
+            region=source.region,
+            service="s3",
+            # S3 signs the path exactly as sent: no double encoding, no "//" or ".." folding.
+            use_double_uri_encode=False,
+            should_normalize_uri_path=False,
+            signed_body_value=auth.AwsSignedBodyValue.EMPTY_SHA256,
+            signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
+        )
+
+    @property
+    def shutdown_event(self) -> Any:
+        return self._shutdown_event
+
+    def connect(self, host: str, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
+        tls_options = None
+        if self._tls is not None:
+            tls_options = self._tls.new_connection_options()
+            tls_options.set_server_name(host)
+        future = http.HttpClientConnection.new(
+            host_name=host, port=self._endpoint.port, bootstrap=self._bootstrap, socket_options=self._socket,
+            tls_connection_options=tls_options, manual_window_management=True,
+            initial_window_size=self._window)
+
+        def done(f: Future[Any]) -> None:
+            error = f.exception()
+            if error is not None:
+                on_done(None, error)
+            else:
+                on_done(_CrtConnection(f.result(), self._signing), None)
+
+        future.add_done_callback(done)
+
+    def close(self) -> None:
+        # The event loops stop once nothing references them any more; dropping our
+        # references here lets shutdown_event fire when the last connection is gone.
+        self._bootstrap = None
+        self._tls = None
+        self._event_loops = None
+
+
+class _CrtConnection:
+    __slots__ = ("_connection", "_signing")
+
+    def __init__(self, connection: Any, signing: Any) -> None:
+        self._connection = connection
+        self._signing = signing
+
+    def is_open(self) -> bool:
+        return bool(self._connection.is_open())
+
+    def request(self, path: str, headers: list[tuple[str, str]], handler: Handler) -> Stream:
+        request = http.HttpRequest("GET", path, http.HttpHeaders(headers))
+        # With static credentials the CRT signs synchronously: the future is already done.
+        auth.aws_sign_request(request, self._signing).result()
+        stream = self._connection.request(
+            request,
+            on_response=lambda http_stream, status_code, headers, **_: handler.on_response(
+                _CrtStream(http_stream), status_code, headers),
+            on_body=lambda http_stream, chunk, **_: handler.on_body(chunk),
+        )
+        stream.completion_future.add_done_callback(lambda f: handler.on_complete(f.exception()))
+        stream.activate()
+        return _CrtStream(stream)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class _CrtStream:
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def update_window(self, size: int) -> None:
+        self._stream.update_window(size)

@@ -1,0 +1,188 @@
+"""GetObject rules: URLs, version pins, response heads, status meanings, signatures."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import unquote
+
+import pytest
+
+from aggregator.base.events import ObjectRef
+from aggregator.base.objects import ObjectHead
+from aggregator.fetch import protocol
+from aggregator.fetch.protocol import Outcome
+from aggregator.fetch.source import Endpoint, SourceConfig
+
+HOSTILE_KEYS = [
+    "plain.txt",
+    "with space and+plus",
+    "percent%20literal%",
+    "unicode/ü/日本語/🙂",
+    "double//slash/",
+    "/leading",
+    "dots/./and/../segments",
+    "query?and#fragment&amp=1",
+    "tilde~star*quote'paren()",
+    "x" * 1024,
+    "é" * 512,  # 1,024 bytes in UTF-8
+]
+
+
+def ref(key: str = "k", *, version_id: str | None = None, etag: str | None = "abc") -> ObjectRef:
+    return ObjectRef(bucket="src-bucket", key=key, size=None, etag=etag, version_id=version_id, sequencer="01")
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_path_style_target_round_trips_every_key(key: str) -> None:
+    endpoint = Endpoint.parse("http://127.0.0.1:9000")
+    target = protocol.target(endpoint, ref(key), virtual=False)
+    assert target.host == "127.0.0.1"
+    assert target.host_header == "127.0.0.1:9000"
+    assert target.path.startswith("/src-bucket/")
+    encoded = target.path.removeprefix("/src-bucket/")
+    assert unquote(encoded) == key
+    # Only unreserved characters and "/" travel unencoded: nothing a server or the signer
+    # could normalise ("+" as space, "%" escapes, "?" starting a query).
+    assert set(encoded) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~/%")
+
+
+def test_key_segments_are_kept_as_they_are() -> None:
+    target = protocol.target(Endpoint.parse("http://h"), ref("a//b/./c/../d"), virtual=False)
+    assert target.path == "/src-bucket/a//b/./c/../d"
+    assert protocol.target(Endpoint.parse("http://h"), ref("a b+c%"), virtual=False).path == "/src-bucket/a%20b%2Bc%25"
+
+
+def test_virtual_style_puts_the_bucket_in_the_host() -> None:
+    endpoint = Endpoint.parse("https://s3.eu-west-2.amazonaws.com")
+    target = protocol.target(endpoint, ref("a/b"), virtual=True)
+    assert target.host == "src-bucket.s3.eu-west-2.amazonaws.com"
+    assert target.host_header == "src-bucket.s3.eu-west-2.amazonaws.com"  # default port left out
+    assert target.path == "/a/b"
+
+
+def test_endpoint_with_path_prefix_and_default_ports() -> None:
+    endpoint = Endpoint.parse("https://gateway.example/s3/")
+    assert (endpoint.tls, endpoint.host, endpoint.port, endpoint.base_path) == (True, "gateway.example", 443, "/s3")
+    assert protocol.target(endpoint, ref("k"), virtual=False).path == "/s3/src-bucket/k"
+    assert Endpoint.parse("http://h:80").host_header("h") == "h"
+
+
+def test_version_id_pins_with_the_query_parameter_and_no_if_match() -> None:
+    pinned = ref("k", version_id="3HL4kqtJ+rmSp/Xd3==", etag="abc")
+    target = protocol.target(Endpoint.parse("http://h"), pinned, virtual=False)
+    assert target.path == "/src-bucket/k?versionId=3HL4kqtJ%2BrmSp%2FXd3%3D%3D"
+    headers = dict(protocol.request_headers(pinned, target))
+    assert "If-Match" not in headers
+    assert headers["Host"] == "h"
+
+
+def test_etag_pins_with_if_match_when_there_is_no_version_id() -> None:
+    unversioned = ref("k", version_id=None, etag="d41d8cd98f00b204e9800998ecf8427e")
+    target = protocol.target(Endpoint.parse("http://h"), unversioned, virtual=False)
+    assert "versionId" not in target.path
+    assert dict(protocol.request_headers(unversioned, target))["If-Match"] == '"d41d8cd98f00b204e9800998ecf8427e"'
+
+
+def test_a_resumed_read_adds_range_and_keeps_the_pin() -> None:
+    pinned = ref("k", version_id="v1")
+    target = protocol.target(Endpoint.parse("http://h"), pinned, virtual=False)
+    headers = dict(protocol.request_headers(pinned, target, offset=1000, etag="e1"))
+    assert headers["Range"] == "bytes=1000-"
+    assert headers["If-Match"] == '"e1"'
+    assert "versionId=v1" in target.path
+
+
+@pytest.mark.parametrize(("status", "code", "outcome"), [
+    (200, "", Outcome.OK),
+    (206, "", Outcome.OK),
+    (404, "NoSuchKey", Outcome.MISSING),
+    (404, "NoSuchVersion", Outcome.MISSING),
+    (404, "NoSuchBucket", Outcome.MISSING),
+    (412, "PreconditionFailed", Outcome.MISSING),
+    (400, "InvalidArgument", Outcome.MISSING),
+    (400, "ExpiredToken", Outcome.FAIL),
+    (400, "RequestTimeout", Outcome.RETRY),
+    (403, "AccessDenied", Outcome.FAIL),
+    (301, "PermanentRedirect", Outcome.FAIL),
+    (429, "", Outcome.THROTTLED),
+    (503, "SlowDown", Outcome.THROTTLED),
+    (500, "InternalError", Outcome.RETRY),
+    (502, "", Outcome.RETRY),
+    (504, "", Outcome.RETRY),
+    (408, "", Outcome.RETRY),
+])
+def test_status_mapping(status: int, code: str, outcome: Outcome) -> None:
+    body = f"<Error><Code>{code}</Code></Error>".encode() if code else b""
+    assert protocol.classify(status, body)[0] is outcome
+
+
+def test_head_is_parsed_into_aware_utc_and_unquoted_etag() -> None:
+    head = protocol.parse_head([
+        ("Content-Length", "8192"), ("Last-Modified", "Fri, 02 Jan 2026 03:04:05 GMT"),
+        ("ETag", '"0123abcd"'), ("x-amz-version-id", "v7"),
+    ])
+    assert head == ObjectHead(size=8192, last_modified=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                              etag="0123abcd", version_id="v7")
+    assert head.last_modified.utcoffset() is not None
+    unversioned = protocol.parse_head([("content-length", "0"), ("last-modified", "Fri, 02 Jan 2026 03:04:05 GMT"),
+                                       ("etag", '"e"'), ("x-amz-version-id", "null")])
+    assert unversioned.version_id is None
+
+
+def test_head_without_length_is_a_bad_response() -> None:
+    with pytest.raises(protocol.BadResponse):
+        protocol.parse_head([("Last-Modified", "Fri, 02 Jan 2026 03:04:05 GMT")])
+
+
+def test_pin_check_catches_a_server_that_ignored_the_pin() -> None:
+    head = ObjectHead(size=1, last_modified=datetime(2026, 1, 1, tzinfo=UTC), etag="other", version_id="v2")
+    assert protocol.check_pin(ref("k", version_id="v1"), head)
+    assert protocol.check_pin(ref("k", version_id=None, etag="abc"), head)
+    same = ObjectHead(size=1, last_modified=datetime(2026, 1, 1, tzinfo=UTC), etag="abc", version_id=None)
+    assert protocol.check_pin(ref("k", version_id=None, etag="abc"), same) is None
+
+
+def test_content_range() -> None:
+    assert protocol.parse_content_range([("Content-Range", "bytes 100-199/200")]) == (100, 200)
+    with pytest.raises(protocol.BadResponse):
+        protocol.parse_content_range([("Content-Range", "bytes */200")])
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+@pytest.mark.parametrize("version_id", [None, "3HL4kqtJ+rmSp/Xd3=="])
+def test_crt_signature_matches_botocores_signer(key: str, version_id: str | None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CRT signs exactly what botocore's S3SigV4Auth signs for the same request."""
+    import botocore.auth
+    from awscrt import auth, http
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    source = SourceConfig("http://127.0.0.1:9000", "eu-west-2", "AKID", "SECRET", "TOKEN")
+    target = protocol.target(Endpoint.parse(source.endpoint_url), ref(key, version_id=version_id), virtual=False)
+    headers = protocol.request_headers(ref(key, version_id=version_id), target)
+
+    from aggregator.fetch.transport import CrtTransport
+
+    signing = CrtTransport(source, window=1 << 20)._signing
+    signing = signing.replace(date=when)
+    crt_request = http.HttpRequest("GET", target.path, http.HttpHeaders(headers))
+    auth.aws_sign_request(crt_request, signing).result()
+
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: when.replace(tzinfo=None))
+    boto_request = AWSRequest(method="GET", url=source.endpoint_url + target.path,
+                              headers={k: v for k, v in headers if k != "Host"})
+    botocore.auth.S3SigV4Auth(Credentials("AKID", "SECRET", "TOKEN"), "s3", "eu-west-2").add_auth(boto_request)
+    assert dict(crt_request.headers)["Authorization"] == boto_request.headers["Authorization"]
+
+
+def test_source_config_validates_and_hides_secrets() -> None:
+    from aggregator.base.errors import ConfigError
+
+    source = SourceConfig("http://127.0.0.1:1", "eu-west-2", "AKID", "SECRET", "TOKEN")
+    assert "SECRET" not in repr(source) and "TOKEN" not in repr(source)
+    with pytest.raises(ConfigError):
+        SourceConfig("ftp://x", "eu-west-2", "a", "b", None)
+    with pytest.raises(ConfigError):
+        SourceConfig("http://x", "eu-west-2", "a", "b", None, addressing_style="auto")
