@@ -19,7 +19,10 @@ from typing import IO, Any
 from aggregator.base.errors import FetchError
 from aggregator.base.objects import Failed, Fetched, Missing, Streamed
 from aggregator.fetch import frames
-from aggregator.fetch.local import fetch_here
+from aggregator.fetch.local import running_engine
+
+_BATCH_BYTES = 256 * 1024
+_BATCH_PARTS = 3 * 200  # writev takes at most IOV_MAX (1,024) buffers
 
 # The interpreter is started with ``python -c BOOTSTRAP CTRL_FD OUT_FD``. The parent's
 # sys.path comes first on the control pipe, so the child imports this package from the
@@ -61,26 +64,48 @@ def _watch(ctrl: IO[bytes], cancel: threading.Event) -> None:
 
 def _run(job: dict[str, Any], out_fd: int, cancel: threading.Event) -> None:
     indices: list[int] = job["indices"]
-    write = frames.write_all
     encode = frames.encode
-    with fetch_here(job["refs"], source=job["source"], workers=job["workers"], queue_depth=job["queue_depth"],
-                    stream_threshold=job["stream_threshold"], cancel=cancel, indexed=True) as results:
-        for local, result in results:
+    pending: list[bytes] = []  # frames of small results, written together
+    pending_bytes = 0
+    with running_engine(job["refs"], source=job["source"], workers=job["workers"], queue_depth=job["queue_depth"],
+                        stream_threshold=job["stream_threshold"], cancel=cancel, in_child=True) as engine:
+        for local, result in engine.indexed_results():
             index = indices[local]
             if isinstance(result, Fetched):
-                write(out_fd, encode(frames.FETCHED, (index, result.head), result.body))
+                parts = encode(frames.FETCHED, frames.head_meta(index, result.head), result.body)
             elif isinstance(result, Missing):
-                write(out_fd, encode(frames.MISSING, index))
+                parts = encode(frames.MISSING, index)
             elif isinstance(result, Failed):
-                write(out_fd, encode(frames.FAILED, (index, str(result.error))))
+                parts = encode(frames.FAILED, (index, str(result.error)))
             elif isinstance(result, Streamed):
-                write(out_fd, encode(frames.STREAM, (index, result.head)))
-                try:
-                    for chunk in result.chunks:
-                        write(out_fd, encode(frames.CHUNK, None, chunk))
-                except FetchError as e:
-                    write(out_fd, encode(frames.STREAM_ERROR, str(e)))
-                else:
-                    write(out_fd, encode(frames.STREAM_END))
+                _flush(out_fd, pending)
+                pending_bytes = 0
+                _stream(out_fd, index, result)
+                continue
+            pending += parts
+            pending_bytes += len(parts[2])
+            # One write (and one wake-up of the parent) for whatever is ready now.
+            if not engine.ready() or pending_bytes >= _BATCH_BYTES or len(pending) >= _BATCH_PARTS:
+                _flush(out_fd, pending)
+                pending_bytes = 0
+        _flush(out_fd, pending)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    write(out_fd, encode(frames.DONE, usage.ru_utime + usage.ru_stime))
+    frames.write_all(out_fd, encode(frames.DONE, usage.ru_utime + usage.ru_stime))
+
+
+def _flush(out_fd: int, pending: list[bytes]) -> None:
+    if pending:
+        frames.write_all(out_fd, pending)
+        pending.clear()
+
+
+def _stream(out_fd: int, index: int, result: Streamed) -> None:
+    write, encode = frames.write_all, frames.encode
+    write(out_fd, encode(frames.STREAM, frames.head_meta(index, result.head)))
+    try:
+        for chunk in result.chunks:
+            write(out_fd, encode(frames.CHUNK, None, chunk))
+    except FetchError as e:
+        write(out_fd, encode(frames.STREAM_ERROR, str(e)))
+    else:
+        write(out_fd, encode(frames.STREAM_END))

@@ -10,9 +10,11 @@ watchdog and the cancel check.
 Back-pressure: a slot takes a *credit* before it starts an object and the consumer gives
 it back when it takes the result, so at most ``workers`` GETs are in flight and at most
 ``workers + queue_depth`` results wait; a slot without a credit parks until the consumer
-frees one. A large object (over ``stream_threshold``) is handed over as soon as its head
-arrives; its body stays in the socket under HTTP flow control (a window of ``chunk_size``
-bytes) and moves only as fast as the consumer reads it.
+frees one. Slots also park while the bodies waiting add up to ``BUFFER_BYTES`` (objects
+just under ``stream_threshold`` must not fill a Lambda's memory). A large object (over
+``stream_threshold``) is handed over as soon as its head arrives; its body stays in the
+socket under HTTP flow control (a window of ``chunk_size`` bytes) and moves only as fast
+as the consumer reads it.
 
 Timeline of one object on its slot::
 
@@ -47,6 +49,7 @@ _DONE = object()
 _CANCELLED = object()
 _TICK = 0.1  # seconds between cancel and watchdog checks
 _POLL = 0.5  # the consumer's longest wait before it checks the cancel event itself
+BUFFER_BYTES = 64 << 20  # whole bodies waiting for the consumer before the slots pause
 
 
 class FetchCancelled(FetchError):
@@ -74,6 +77,8 @@ class Engine:
         self._lock = threading.Lock()
         self._next = 0
         self._credits = workers + queue_depth
+        self._buffered = 0  # bytes of whole bodies delivered and not yet taken
+        self._buffer_limit = max(BUFFER_BYTES, stream_threshold)
         self._parked: list[_Slot] = []
         self._undelivered = len(self._refs)
         self._cancelled = False
@@ -127,11 +132,15 @@ class Engine:
                 return
             if item is _CANCELLED:
                 raise FetchCancelled("fetch cancelled")
-            self._release_credit()
             result = item[1]
+            self._release_credit(len(result.body) if isinstance(result, Fetched) else 0)
             if isinstance(result, Streamed) and isinstance(result.chunks, _Chunks):
                 self._open_stream = result.chunks.state
             yield item
+
+    def ready(self) -> bool:
+        """Whether the next result (or the end) is already waiting: no need to block."""
+        return not self._out.empty()
 
     def _abandon_open_stream(self) -> None:
         # The writer must read a stream to its end before asking for the next item; if it
@@ -140,11 +149,16 @@ class Engine:
         if state is not None and not state.finished:
             state.abandon()
 
-    def _release_credit(self) -> None:
+    def _release_credit(self, size: int) -> None:
         with self._lock:
             self._credits += 1
-            slot = self._parked.pop() if self._parked else None
-        if slot is not None:
+            self._buffered -= size
+            woken: list[_Slot] = []
+            if self._buffered < self._buffer_limit:
+                # Wake as many parked slots as there are credits (each takes one in _advance).
+                while self._parked and len(woken) < self._credits:
+                    woken.append(self._parked.pop())
+        for slot in woken:
             self._advance(slot)
 
     # -- slot state machine -----------------------------------------------------------
@@ -155,7 +169,7 @@ class Engine:
             slot.job = None
             if self._cancelled or self._next >= len(self._refs):
                 return
-            if self._credits == 0:
+            if self._credits == 0 or self._buffered >= self._buffer_limit:
                 self._parked.append(slot)
                 return
             self._credits -= 1
@@ -206,10 +220,12 @@ class Engine:
             self._attempt_failed(attempt, f"cannot connect: {_describe(error)}", throttled=False)
             return
         slot.conn = conn
+        slot.served = 0
         self._send(slot, attempt.job, conn)
 
     def _send(self, slot: _Slot, job: _Job, conn: Connection) -> None:
         attempt = _Attempt(self, slot, job, conn, self._clock())
+        attempt.reused = slot.served > 0
         slot.attempt = attempt
         offset = job.stream.received if job.stream is not None else 0
         etag = job.head.etag if job.head is not None else None
@@ -278,9 +294,15 @@ class Engine:
             slot.conn = None
             if attempt.conn is not None:
                 _quietly(attempt.conn.close)
+            if attempt.reused and attempt.status == 0 and not attempt.timed_out:
+                # A kept-alive connection the server had already closed: not a failure of
+                # this object. Try again at once on a new connection, without counting it.
+                self._try(slot, job)
+                return
             reason = "read timeout" if attempt.timed_out else _describe(error)
             self._attempt_failed(attempt, reason, throttled=False)
             return
+        slot.served += 1
         status = attempt.status
         if status == 0:
             self._attempt_failed(attempt, "connection ended before a response", throttled=False)
@@ -358,6 +380,8 @@ class Engine:
             if self._cancelled:
                 return
             self._undelivered -= 1
+            if isinstance(result, Fetched):
+                self._buffered += len(result.body)
             last = self._undelivered == 0
         self._out.put((index, result))
         if last:
@@ -409,9 +433,10 @@ class Engine:
 
 
 class _Slot:
-    __slots__ = ("attempt", "conn", "host", "job")
+    __slots__ = ("attempt", "conn", "host", "job", "served")
 
     def __init__(self) -> None:
+        self.served = 0  # responses on the current connection
         self.conn: Connection | None = None
         self.host: str | None = None
         self.job: _Job | None = None
@@ -437,7 +462,7 @@ class _Attempt:
     longer its slot's current one are ignored."""
 
     __slots__ = ("bad", "completed", "conn", "engine", "headers", "job", "last_progress", "parts", "received",
-                 "slot", "status", "stream", "timed_out")
+                 "reused", "slot", "status", "stream", "timed_out")
 
     def __init__(self, engine: Engine, slot: _Slot, job: _Job, conn: Connection | None, now: float) -> None:
         self.engine = engine
@@ -453,6 +478,7 @@ class _Attempt:
         self.bad = ""
         self.timed_out = False
         self.completed = False
+        self.reused = False
 
     def on_response(self, stream: Stream, status: int, headers: list[tuple[str, str]]) -> None:
         self.stream, self.status, self.headers = stream, status, headers

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from aggregator.base.events import ObjectRef
+from aggregator.base.objects import FetchResult
 from aggregator.fetch.engine import Engine
 from aggregator.fetch.retry import RetryPolicy
 from aggregator.fetch.source import SourceConfig
@@ -19,17 +19,27 @@ _SHUTDOWN_WAIT = 2.0  # seconds granted to the CRT's event-loop threads to end
 @contextmanager
 def fetch_here(refs: Sequence[ObjectRef], *, source: SourceConfig, workers: int, queue_depth: int,
                stream_threshold: int, cancel: threading.Event | None,
-               policy: RetryPolicy | None = None, indexed: bool = False) -> Iterator[Iterator[Any]]:
-    """Yields the engine's results, or ``(position, result)`` pairs when ``indexed``."""
+               policy: RetryPolicy | None = None) -> Iterator[Iterator[FetchResult]]:
+    with running_engine(refs, source=source, workers=workers, queue_depth=queue_depth,
+                        stream_threshold=stream_threshold, cancel=cancel, policy=policy) as engine:
+        yield engine.results()
+
+
+@contextmanager
+def running_engine(refs: Sequence[ObjectRef], *, source: SourceConfig, workers: int, queue_depth: int,
+                   stream_threshold: int, cancel: threading.Event | None, policy: RetryPolicy | None = None,
+                   in_child: bool = False) -> Iterator[Engine]:
+    """A started engine over the CRT transport; stopped, and its threads ended, on exit."""
     from aggregator.fetch.transport import CrtTransport
 
-    transport = CrtTransport(source, window=CHUNK_SIZE, event_loop_threads=_event_loop_threads(workers))
+    threads = _event_loop_threads(workers, in_child=in_child)
+    transport = CrtTransport(source, window=CHUNK_SIZE, event_loop_threads=threads)
     shutdown = transport.shutdown_event
     engine = Engine(refs, source=source, transport=transport, workers=workers, queue_depth=queue_depth,
                     stream_threshold=stream_threshold, cancel=cancel, policy=policy, chunk_size=CHUNK_SIZE)
     try:
         engine.start()
-        yield engine.indexed_results() if indexed else engine.results()
+        yield engine
     finally:
         engine.close()
         transport.close()
@@ -43,7 +53,7 @@ def fetch_here(refs: Sequence[ObjectRef], *, source: SourceConfig, workers: int,
             join_all_native_threads(timeout_sec=_SHUTDOWN_WAIT)
 
 
-def _event_loop_threads(workers: int) -> int:
-    # Two loops keep both cores of a Lambda busy with TLS and parsing; more than that only
-    # adds wake-ups per object.
-    return 1 if workers < 4 else 2
+def _event_loop_threads(workers: int, *, in_child: bool = False) -> int:
+    # In this process two loops keep both cores busy with TLS and parsing; a child is one
+    # of several processes sharing the cores, where a second loop only adds wake-ups.
+    return 1 if workers < 4 or in_child else 2

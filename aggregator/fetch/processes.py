@@ -35,7 +35,7 @@ from multiprocessing.connection import wait
 
 from aggregator.base.errors import FetchError
 from aggregator.base.events import ObjectRef
-from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, ObjectHead, Streamed
+from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, Streamed
 from aggregator.fetch import frames
 from aggregator.fetch.child import BOOTSTRAP
 from aggregator.fetch.engine import FetchCancelled
@@ -190,15 +190,14 @@ class _Demux:
             child.pending.discard(index)
             ref = self._refs[index]
             if kind == frames.FETCHED:
-                yield Fetched(ref, meta[1], body)
+                yield Fetched(ref, frames.head_from_meta(meta), body)
             elif kind == frames.MISSING:
                 yield Missing(ref)
             elif kind == frames.FAILED:
                 yield Failed(ref, FetchError(meta[1]))
             elif kind == frames.STREAM:
-                head: ObjectHead = meta[1]
                 stream = _ChildStream(child, self._cancel)
-                yield Streamed(ref, head, stream)
+                yield Streamed(ref, frames.head_from_meta(meta), stream)
             else:
                 raise FetchError(f"fetch process {child.number} sent an unexpected frame {kind}")
 

@@ -115,10 +115,11 @@ def _error(status: int, code: str) -> tuple[int, list[tuple[str, str]], bytes, F
 class FakeTransport:
     """Runs every callback on one event-loop thread, as the CRT does."""
 
-    def __init__(self, server: FakeS3, *, window: int, fail_connects: int = 0) -> None:
+    def __init__(self, server: FakeS3, *, window: int, fail_connects: int = 0, stale_after: int | None = None) -> None:
         self.server = server
         self.window = window
         self.fail_connects = fail_connects
+        self.stale_after = stale_after  # the server drops idle connections after this many responses
         self._tasks: deque[Callable[[], None]] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -163,6 +164,7 @@ class FakeConnection:
         self.transport = transport
         self.host = host
         self.open = True
+        self.served = 0
         self.active: FakeStream | None = None
 
     def is_open(self) -> bool:
@@ -173,6 +175,13 @@ class FakeConnection:
             raise Reset("connection closed")
         stream = FakeStream(self, handler, self.transport.window)
         self.active = stream
+        stale = self.transport.stale_after
+        if stale is not None and self.served >= stale:
+            # Looks open from here, but the server closed it: the request dies unanswered.
+            self.open = False
+            self.transport.post(lambda: stream.end(Reset("connection closed by peer")))
+            return stream
+        self.served += 1
         self.transport.post(lambda: stream.start(path, dict(headers)))
         return stream
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -33,10 +34,14 @@ def ref_for(s3: FakeS3, key: str, *, bucket: str = "b", version: bool = False) -
 @contextmanager
 def engine(s3: FakeS3, refs: list[ObjectRef], *, workers: int = 4, queue_depth: int = 8,
            threshold: int = 8 << 20, read_timeout: float = 10.0, cancel: threading.Event | None = None,
-           fail_connects: int = 0) -> Iterator[Engine]:
-    transport = FakeTransport(s3, window=CHUNK, fail_connects=fail_connects)
-    eng = Engine(refs, source=source(read_timeout=read_timeout), transport=transport, workers=workers,
-                 queue_depth=queue_depth, stream_threshold=threshold, cancel=cancel, policy=FAST, chunk_size=CHUNK)
+           fail_connects: int = 0, stale_after: int | None = None, policy: RetryPolicy = FAST,
+           virtual: bool = False) -> Iterator[Engine]:
+    transport = FakeTransport(s3, window=CHUNK, fail_connects=fail_connects, stale_after=stale_after)
+    config = source(read_timeout=read_timeout)
+    if virtual:
+        config = SourceConfig("https://s3.example", "eu-west-2", "AKID", "SECRET", None, addressing_style="virtual")
+    eng = Engine(refs, source=config, transport=transport, workers=workers,
+                 queue_depth=queue_depth, stream_threshold=threshold, cancel=cancel, policy=policy, chunk_size=CHUNK)
     try:
         eng.start()
         yield eng
@@ -343,3 +348,61 @@ def test_retry_delays_grow_with_full_jitter() -> None:
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8  # jitter spans the range
     assert max(policy.delay(1, throttled=True, rng=rng) for _ in range(100)) > 0.1
+
+
+def test_empty_and_mid_sized_objects_arrive_whole() -> None:
+    s3 = FakeS3(chunk=16 * 1024)
+    s3.put("b", "empty", b"")
+    mid = os.urandom(3 << 20)  # above the flow-control window, below the stream threshold
+    s3.put("b", "mid", mid)
+    results = by_key(fetch_all(s3, [ref_for(s3, "empty"), ref_for(s3, "mid")]))
+    assert isinstance(results["empty"], Fetched) and results["empty"].body == b""
+    assert results["empty"].head.size == 0
+    assert isinstance(results["mid"], Fetched) and results["mid"].body == mid
+
+
+def test_the_stream_threshold_is_inclusive() -> None:
+    s3 = FakeS3()
+    s3.put("b", "at", b"a" * 1000)
+    s3.put("b", "over", b"o" * 1001)
+    with engine(s3, [ref_for(s3, "at"), ref_for(s3, "over")], threshold=1000) as eng:
+        kinds = {}
+        for result in eng.results():
+            kinds[result.ref.key] = type(result).__name__
+            if isinstance(result, Streamed):
+                assert b"".join(result.chunks) == b"o" * 1001
+    assert kinds == {"at": "Fetched", "over": "Streamed"}
+
+
+def test_virtual_addressing_connects_to_the_bucket_host() -> None:
+    s3 = FakeS3()
+    s3.put("b", "k", b"x")
+    s3.put("other", "k", b"y")
+    with engine(s3, [ref_for(s3, "k"), ref_for(s3, "k", bucket="other")], workers=1, virtual=True) as eng:
+        results = list(eng.results())
+    assert all(isinstance(r, Missing) for r in results)  # the fake serves path style only
+    assert [(r.host, r.headers["Host"], r.path) for r in s3.requests] == [
+        ("b.s3.example", "b.s3.example", "/k"), ("other.s3.example", "other.s3.example", "/k")]
+
+
+def test_a_stale_kept_alive_connection_is_not_a_failed_attempt() -> None:
+    s3 = FakeS3()
+    for i in range(20):
+        s3.put("b", f"k{i}", f"v{i}".encode())
+    once = RetryPolicy(attempts=1, resumes=0, base=0.001, throttled_base=0.001, cap=0.001)
+    results = fetch_all(s3, [ref_for(s3, f"k{i}") for i in range(20)], workers=2, stale_after=1, policy=once)
+    assert all(isinstance(r, Fetched) for r in results) and len(results) == 20
+    assert s3.connects > 2
+
+
+def test_waiting_bodies_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aggregator.fetch.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "BUFFER_BYTES", 10_000)
+    s3 = FakeS3()
+    for i in range(50):
+        s3.put("b", f"k{i}", b"z" * 4000)
+    with engine(s3, [ref_for(s3, f"k{i}") for i in range(50)], workers=2, queue_depth=40, threshold=5000) as eng:
+        time.sleep(0.2)
+        assert len(s3.requests) <= 3 + 2  # 12,000 bytes waiting stop the slots; two were in flight
+        assert sum(1 for _ in eng.results()) == 50

@@ -19,9 +19,9 @@ HEAD = ObjectHead(size=3, last_modified=datetime(2026, 1, 2, tzinfo=UTC), etag="
 
 def test_frames_round_trip_through_a_pipe_in_any_split() -> None:
     sent = [
-        (frames.FETCHED, (0, HEAD), b"abc"),
+        (frames.FETCHED, frames.head_meta(0, HEAD), b"abc"),
         (frames.MISSING, 1, b""),
-        (frames.STREAM, (2, HEAD), b""),
+        (frames.STREAM, frames.head_meta(2, HEAD), b""),
         (frames.CHUNK, None, os.urandom(300_000)),
         (frames.STREAM_END, None, b""),
         (frames.FAILED, (3, "boom"), b""),
@@ -47,6 +47,7 @@ def test_frames_round_trip_through_a_pipe_in_any_split() -> None:
     thread.join()
     os.close(read_fd)
     assert got == sent
+    assert frames.head_from_meta(got[0][1]) == HEAD
 
 
 def test_a_partial_frame_waits_for_its_end() -> None:
