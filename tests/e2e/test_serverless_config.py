@@ -442,14 +442,17 @@ def test_zip_holds_handler_package_and_arm64_dependencies_only(package: Package)
                     "package.json", "package-lock.json", "serverless.yml", "requirements.txt", "bin"}
         assert not top & unwanted, top & unwanted
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-        allowed_top = {"handler.py", "aggregator", "aws_lambda_powertools", "zstandard", "typing_extensions.py"}
+        assert "awscrt/__init__.py" in names  # the fetch layer's signed HTTP; not in the Lambda runtime
+        allowed_top = {"handler.py", "aggregator", "aws_lambda_powertools", "zstandard", "typing_extensions.py",
+                       "awscrt", "_awscrt.abi3.so"}
         extra = {t for t in top if t not in allowed_top and not t.endswith(".dist-info")}
         assert not extra, f"unexpected in the zip: {extra}"
 
         shared = [n for n in names if n.endswith(".so")]
         assert any(n.startswith("zstandard/") for n in shared)
+        assert "_awscrt.abi3.so" in shared
         for name in shared:
-            assert "cpython-312-aarch64-linux-gnu" in name, name
+            assert "cpython-312-aarch64-linux-gnu" in name or name.endswith(".abi3.so"), name
             header = archive.read(name)[:20]
             assert header[:4] == b"\x7fELF", name
             assert int.from_bytes(header[18:20], "little") == EM_AARCH64, f"{name} is not an arm64 binary"
