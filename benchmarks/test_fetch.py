@@ -10,6 +10,11 @@ children too but are reaped only at the end of the session). The servers run on 
 two cores, so objects/s is bounded by them; CPU per object is the client's own figure.
 SeaweedFS keeps connections alive; moto closes each one (``Connection: close``), so a GET
 from moto also pays a TCP connect.
+
+The CPU-bound setup is the cheap in-memory GET server (``benchmarks.cheap_s3``): the client
+is the bottleneck there, so ``throughput_ratio_p2_over_p1`` says what a second process
+buys, once with a bare consumer and once with a consumer that hashes and compresses
+(SHA-256 + zstd level 3 per object, as the archive writer does).
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ from aggregator.base.objects import Fetched
 from aggregator.fetch import SourceConfig, fetch_objects
 from tests.support.servers import MotoServer, SeaweedS3
 
-COUNT = 2000
+# BENCH_QUICK=1 (make bench-quick): fewer objects and only the 16-worker variants.
+QUICK = os.environ.get("BENCH_QUICK", "").strip().lower() not in ("", "0", "false", "no")
+COUNT = 500 if QUICK else 2000
 SIZE = 8 * 1024
 ROUNDS = 3
+WORKERS = [16] if QUICK else [4, 16, 64]
 REGION = "us-east-1"
 RATIOS: dict[str, dict[int, float]] = {}
 
@@ -117,12 +125,12 @@ def _fetch_all(corpus: Corpus, *, workers: int, processes: int) -> int:
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-@pytest.mark.parametrize("workers", [4, 16, 64])
+@pytest.mark.parametrize("workers", WORKERS)
 @pytest.mark.parametrize("server", ["seaweedfs", "moto"])
 def test_fetch_small_objects(benchmark: Any, corpora: dict[str, Corpus], server: str, workers: int,
                              processes: int) -> None:
     corpus = corpora[server]
-    benchmark.group = f"fetch 2,000 x 8 KiB from {server}"
+    benchmark.group = f"fetch {COUNT:,} x 8 KiB from {server}"
     benchmark.extra_info.update(server=server, workers=workers, processes=processes, objects=COUNT)
     figures = _measure(benchmark, lambda: _fetch_all(corpus, workers=workers, processes=processes))
     RATIOS.setdefault(f"{server}/w{workers}", {})[processes] = figures["objects_per_s"]
@@ -131,11 +139,54 @@ def test_fetch_small_objects(benchmark: Any, corpora: dict[str, Corpus], server:
         benchmark.extra_info["throughput_ratio_p2_over_p1"] = round(pair[2] / pair[1], 3)
 
 
+CHEAP_COUNT = 2000 if QUICK else 6000
+
+
+@pytest.fixture(scope="module")
+def cheap() -> Iterator[Any]:
+    cheap_s3 = pytest.importorskip("benchmarks.cheap_s3")
+    with cheap_s3.CheapS3(count=CHEAP_COUNT) as server:
+        yield server
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("consumer", ["bare", "sha256+zstd3"])
+def test_fetch_cpu_bound(benchmark: Any, cheap: Any, consumer: str, processes: int) -> None:
+    import hashlib
+
+    import zstandard
+
+    source = SourceConfig(cheap.server.endpoint_url, REGION, "k", "s", None)
+    benchmark.group = f"fetch {CHEAP_COUNT:,} x 8 KiB from the cheap server, consumer {consumer}"
+    benchmark.extra_info.update(server="cheap", workers=16, processes=processes, objects=CHEAP_COUNT,
+                                consumer=consumer)
+
+    def run() -> int:
+        compressor = zstandard.ZstdCompressor(level=3).compressobj()
+        count = 0
+        with fetch_objects(cheap.refs, source=source, workers=16, processes=processes, queue_depth=64) as results:
+            for result in results:
+                assert isinstance(result, Fetched) and len(result.body) == SIZE
+                if consumer != "bare":
+                    hashlib.sha256(result.body).digest()
+                    compressor.compress(result.body)
+                count += 1
+        compressor.flush()
+        assert count == CHEAP_COUNT
+        return count
+
+    figures = _measure(benchmark, run)
+    key = f"cheap/{consumer}"
+    RATIOS.setdefault(key, {})[processes] = figures["objects_per_s"]
+    if len(RATIOS[key]) == 2:
+        benchmark.extra_info["throughput_ratio_p2_over_p1"] = round(RATIOS[key][2] / RATIOS[key][1], 3)
+
+
 def test_boto3_get_object_baseline(benchmark: Any, corpora: dict[str, Corpus]) -> None:
     """The reference: boto3 ``get_object`` with 16 threads, as a plain pipeline would."""
     corpus = corpora["seaweedfs"]
     client = _client(corpus.source.endpoint_url, corpus.source.access_key, corpus.source.secret_key)
-    benchmark.group = "fetch 2,000 x 8 KiB from seaweedfs"
+    benchmark.group = f"fetch {COUNT:,} x 8 KiB from seaweedfs"
     benchmark.extra_info.update(server="seaweedfs", workers=16, processes=1, objects=COUNT, client="boto3")
 
     def get(ref: ObjectRef) -> int:

@@ -368,7 +368,16 @@ class Engine:
                 self._finish(slot, job, Failed(
                     job.ref, FetchError(f"GET {_name(job.ref)} failed {failures} times: {reason}")))
                 return
-        self._timer.schedule(self._policy.delay(failures, throttled=throttled), lambda: self._try(slot, job))
+        self._timer.schedule(self._policy.delay(failures, throttled=throttled), lambda: self._retry(slot, job))
+
+    def _retry(self, slot: _Slot, job: _Job) -> None:
+        try:
+            self._try(slot, job)
+        except Exception as e:  # a bug must cost this object, never leave it unreported
+            error = FetchError(f"GET {_name(job.ref)}: internal error: {e!r}")
+            if job.stream is not None:
+                job.stream.fail(error)
+            self._finish(slot, job, Failed(job.ref, error))
 
     def _finish(self, slot: _Slot, job: _Job, result: FetchResult) -> None:
         if job.stream is None:

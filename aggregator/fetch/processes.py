@@ -27,11 +27,13 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import wait
+from typing import IO
 
 from aggregator.base.errors import FetchError
 from aggregator.base.events import ObjectRef
@@ -73,8 +75,9 @@ def fetch_in_children(refs: Sequence[ObjectRef], *, source: SourceConfig, worker
 
 class _Child:
     def __init__(self, number: int, indices: list[int], process: subprocess.Popen[bytes], ctrl: int,
-                 reader: frames.FrameReader) -> None:
+                 reader: frames.FrameReader, stderr: IO[bytes]) -> None:
         self.number = number
+        self.stderr = stderr
         self.indices = indices
         self.process = process
         self.ctrl: int | None = ctrl
@@ -91,19 +94,23 @@ class _Child:
         for fd in (ctrl_write, out_write):
             with contextlib.suppress(OSError):  # a larger pipe means fewer wake-ups
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        # Whatever a child prints (an interpreter that cannot even start) goes to a file,
+        # quoted in the errors of its objects: the function's own output stays JSON lines.
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the child is reaped
         try:
             process = subprocess.Popen(
                 [sys.executable, "-c", BOOTSTRAP, str(ctrl_read), str(out_write)],
                 pass_fds=(ctrl_read, out_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                close_fds=True,
+                stderr=stderr, close_fds=True,
             )
         except BaseException:
             for fd in (ctrl_read, ctrl_write, out_read, out_write):
                 os.close(fd)
+            stderr.close()
             raise
         os.close(ctrl_read)
         os.close(out_write)
-        return cls(number, indices, process, ctrl_write, frames.FrameReader(out_read))
+        return cls(number, indices, process, ctrl_write, frames.FrameReader(out_read), stderr)
 
     def send_job(self, job: dict[str, object]) -> None:
         assert self.ctrl is not None
@@ -137,12 +144,18 @@ class _Child:
                 self.process.wait()
         finally:
             self.cancel()
+            self.stderr.close()
 
     def exit_reason(self) -> str:
         code = self.process.poll()
         if self.crash:
             return f"fetch process {self.number} failed: {self.crash}"
-        return f"fetch process {self.number} ended (exit code {code}) before reporting this object"
+        said = ""
+        with contextlib.suppress(OSError, ValueError):
+            self.stderr.seek(0)
+            said = self.stderr.read()[-500:].decode("utf-8", "replace").strip()
+        tail = f": {said}" if said else ""
+        return f"fetch process {self.number} ended (exit code {code}) before reporting this object{tail}"
 
 
 class _Demux:

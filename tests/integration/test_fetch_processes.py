@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from aggregator.base.events import ObjectRef
-from aggregator.base.objects import Fetched, Streamed
+from aggregator.base.objects import Failed, Fetched, Streamed
 from aggregator.fetch import SourceConfig, fetch_objects
 from tests.support.servers import MotoServer
 
@@ -89,3 +89,77 @@ def test_two_processes_fetch_without_semlock(moto_server: MotoServer, no_semlock
     assert got == bodies
     assert len(list(no_semlock.iterdir())) == 2  # both children ran with SemLock disabled
     assert multiprocessing.active_children() == []
+
+
+PARENT_SCRIPT = """
+import os, sys, time
+from aggregator.base.events import ObjectRef
+from aggregator.fetch import SourceConfig, fetch_objects
+
+endpoint, bucket, etag = sys.argv[1:4]
+refs = [ObjectRef(bucket, "k", 1, etag, None, None)] * 400
+source = SourceConfig(endpoint, "eu-west-2", "testing", "testing", None)
+with fetch_objects(refs, source=source, workers=2, processes=2, queue_depth=1) as results:
+    next(results)
+    me = str(os.getpid())
+    kids = [p for p in os.listdir("/proc") if p.isdigit()
+            and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == me]
+    print(" ".join(kids), flush=True)
+    time.sleep(600)  # never consumes again: the children block on their pipes
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_children_exit_when_the_parent_is_killed(moto_server: MotoServer, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name="eu-west-2",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"orphan-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    etag = client.put_object(Bucket=bucket, Key="k", Body=b"x")["ETag"].strip('"')
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    root = str(Path(__file__).resolve().parents[2])
+    parent = subprocess.Popen([sys.executable, str(script), moto_server.endpoint_url, bucket, etag],
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": root})
+    try:
+        assert parent.stdout is not None
+        kids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(kids) == 2 and all(_alive(pid) for pid in kids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in kids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in kids), "fetch children outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_a_child_that_cannot_start_fails_its_objects_with_its_words(moto_server: MotoServer, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interpreter that dies before it reports anything: every object it had is Failed,
+    quoting what it wrote to stderr (which never reaches the function's own output)."""
+    site = tmp_path / "broken"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("raise SystemExit('cannot start: simulated')\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    refs = [ObjectRef("b", f"k{i}", 1, "e", None, None) for i in range(4)]
+    source = SourceConfig(moto_server.endpoint_url, "eu-west-2", "testing", "testing", None)
+    with fetch_objects(refs, source=source, workers=2, processes=2, queue_depth=2) as results:
+        got = list(results)
+    assert len(got) == 4
+    assert all(isinstance(r, Failed) and "cannot start: simulated" in str(r.error) for r in got)
