@@ -183,11 +183,17 @@ class _Demux:
             frame = child.reader.next()
             if frame is None:  # end of the pipe without DONE: the child died
                 del live[child.reader.fd]
-                child.process.wait()
+                try:
+                    child.process.wait(_EXIT_WAIT)
+                except subprocess.TimeoutExpired:  # it closed its pipe but lives on: not ours any more
+                    child.process.kill()
+                    child.process.wait()
+                reason = child.exit_reason()
                 for index in sorted(child.pending):
-                    yield Failed(self._refs[index], FetchError(child.exit_reason()))
+                    yield Failed(self._refs[index], FetchError(reason))
                 child.pending.clear()
                 continue
+            live[child.reader.fd] = live.pop(child.reader.fd)  # round robin between the children
             kind, meta, body = frame
             if kind == frames.DONE:
                 child.done, child.cpu_seconds = True, float(meta)
