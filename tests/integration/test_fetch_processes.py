@@ -163,3 +163,39 @@ def test_a_child_that_cannot_start_fails_its_objects_with_its_words(moto_server:
         got = list(results)
     assert len(got) == 4
     assert all(isinstance(r, Failed) and "cannot start: simulated" in str(r.error) for r in got)
+
+
+def test_children_start_while_the_parent_has_busy_threads(moto_server: MotoServer) -> None:
+    """A forked child would inherit these locks held; spawned children never see them."""
+    import logging
+    import threading
+
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name="eu-west-2",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"threads-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    refs = []
+    for i in range(20):
+        etag = client.put_object(Bucket=bucket, Key=f"k{i}", Body=b"v%d" % i)["ETag"].strip('"')
+        refs.append(ObjectRef(bucket, f"k{i}", None, etag, None, None))
+    stop = threading.Event()
+    held = threading.Lock()
+
+    def hog() -> None:
+        handler = logging.getLogger().handlers[0] if logging.getLogger().handlers else logging.Handler()
+        while not stop.is_set():
+            with held, handler.lock or threading.Lock():  # locks held most of the time
+                stop.wait(0.001)
+
+    hogs = [threading.Thread(target=hog) for _ in range(3)]
+    for thread in hogs:
+        thread.start()
+    try:
+        source = SourceConfig(moto_server.endpoint_url, "eu-west-2", "testing", "testing", None)
+        with fetch_objects(refs, source=source, workers=4, processes=2, queue_depth=4) as results:
+            got = {r.ref.key: r.body for r in results if isinstance(r, Fetched)}
+    finally:
+        stop.set()
+        for thread in hogs:
+            thread.join()
+    assert got == {f"k{i}": b"v%d" % i for i in range(20)}
