@@ -175,6 +175,8 @@ class _Demux:
                 stream.drain()  # the writer must finish a stream before the next item
                 stream = None
             if self._cancel.is_set():
+                for each in self._children:
+                    each.cancel()  # stop them now, not only when the context exits
                 raise FetchCancelled("fetch cancelled")
             child = next((c for c in live.values() if c.reader.eof or c.reader.has_frame()), None)
             if child is None:

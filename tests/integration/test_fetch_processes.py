@@ -199,3 +199,45 @@ def test_children_start_while_the_parent_has_busy_threads(moto_server: MotoServe
         for thread in hogs:
             thread.join()
     assert got == {f"k{i}": b"v%d" % i for i in range(20)}
+
+
+def test_cancel_stops_the_children_before_the_context_exits(moto_server: MotoServer) -> None:
+    import threading
+    import time
+
+    from aggregator.fetch import FetchCancelled
+
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name="eu-west-2",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"cancel-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    etag = client.put_object(Bucket=bucket, Key="k", Body=b"x")["ETag"].strip('"')
+    refs = [ObjectRef(bucket, "k", 1, etag, None, None)] * 2000
+    source = SourceConfig(moto_server.endpoint_url, "eu-west-2", "testing", "testing", None)
+    cancel = threading.Event()
+    me = str(os.getpid())
+
+    def live_children() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z" and "aggregator.fetch.child" in Path(
+                    f"/proc/{pid}/cmdline").read_text():
+                found.append(int(pid))
+        return found
+
+    with fetch_objects(refs, source=source, workers=2, processes=2, queue_depth=2, cancel=cancel) as results:
+        next(results)
+        kids = live_children()
+        assert len(kids) == 2
+        cancel.set()
+        with pytest.raises(FetchCancelled):
+            for _ in results:
+                pass
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in kids)
