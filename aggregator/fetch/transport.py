@@ -13,6 +13,7 @@ Callbacks arrive on the CRT's event-loop threads; they must not block.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
@@ -70,25 +71,15 @@ class CrtTransport:
         self._tls: Any = None
         if self._endpoint.tls:
             options = io.TlsContextOptions()
-            if isinstance(source.verify, str):
-                options.override_default_trust_store_from_path(None, source.verify)
+            if isinstance(source.verify, str):  # a CA bundle file, or a directory of them
+                if os.path.isdir(source.verify):
+                    options.override_default_trust_store_from_path(source.verify, None)
+                else:
+                    options.override_default_trust_store_from_path(None, source.verify)
             elif source.verify is False:
                 options.verify_peer = False
             self._tls = io.ClientTlsContext(options)
-        credentials = auth.AwsCredentialsProvider.new_static(
-            source.access_key, source.secret_key, source.session_token or None)
-        self._signing = auth.AwsSigningConfig(
-            algorithm=auth.AwsSigningAlgorithm.V4,
-            signature_type=auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
-            credentials_provider=credentials,
-            region=source.region,
-            service="s3",
-            # S3 signs the path exactly as sent: no double encoding, no "//" or ".." folding.
-            use_double_uri_encode=False,
-            should_normalize_uri_path=False,
-            signed_body_value=auth.AwsSignedBodyValue.EMPTY_SHA256,
-            signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
-        )
+        self._signing = signing_config(source)
 
     @property
     def shutdown_event(self) -> Any:
@@ -119,6 +110,24 @@ class CrtTransport:
         self._bootstrap = None
         self._tls = None
         self._event_loops = None
+
+
+def signing_config(source: SourceConfig) -> Any:
+    """SigV4 for S3 with the source's frozen credentials, as the CRT's signer takes it."""
+    credentials = auth.AwsCredentialsProvider.new_static(
+        source.access_key, source.secret_key, source.session_token or None)
+    return auth.AwsSigningConfig(
+        algorithm=auth.AwsSigningAlgorithm.V4,
+        signature_type=auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
+        credentials_provider=credentials,
+        region=source.region,
+        service="s3",
+        # S3 signs the path exactly as sent: no double encoding, no "//" or ".." folding.
+        use_double_uri_encode=False,
+        should_normalize_uri_path=False,
+        signed_body_value=auth.AwsSignedBodyValue.EMPTY_SHA256,
+        signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
+    )
 
 
 class _CrtConnection:

@@ -163,10 +163,9 @@ def test_crt_signature_matches_botocores_signer(key: str, version_id: str | None
     target = protocol.target(Endpoint.parse(source.endpoint_url), ref(key, version_id=version_id), virtual=False)
     headers = protocol.request_headers(ref(key, version_id=version_id), target)
 
-    from aggregator.fetch.transport import CrtTransport
+    from aggregator.fetch.transport import signing_config
 
-    signing = CrtTransport(source, window=1 << 20)._signing
-    signing = signing.replace(date=when)
+    signing = signing_config(source).replace(date=when)
     crt_request = http.HttpRequest("GET", target.path, http.HttpHeaders(headers))
     auth.aws_sign_request(crt_request, signing).result()
 
