@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from aggregator import clients
-from aggregator.base.errors import AggregatorError
+from aggregator.base.errors import AggregatorError, ConfigError
 from aggregator.base.settings import Settings
 from aggregator.claims import ClaimStore
 from aggregator.credentials import MinioSecretProvider
@@ -76,6 +76,9 @@ def _route_all_logging_through_json() -> None:
         handler.setFormatter(LambdaPowertoolsFormatter())
         root.handlers = [handler]
         root.setLevel(logging.WARNING)
+    # The service logger writes through its own handler (stdout, with the Lambda context);
+    # propagating to the root handler as well would write every record twice (stderr).
+    logging.getLogger(logger.name).propagate = False
     logging.captureWarnings(True)
 
 
@@ -123,8 +126,13 @@ def reset_for_tests() -> None:
 @tracer.capture_lambda_handler(capture_response=False)
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]:
-    app = _get_app()
-    records = _records(event)
+    try:
+        app = _get_app()
+        records = _records(event)
+    except (ConfigError, ValueError) as e:
+        # Refuse before anything is written; say why in a JSON line of our own too.
+        logger.error("invocation refused", extra={"error": str(e), "error_type": type(e).__name__})
+        raise
     try:
         outcome = _run(records, app=app, context=context)
         failed = set(outcome.failed_message_ids)
