@@ -298,10 +298,12 @@ def test_iam_grants_only_what_the_function_uses(package: Package) -> None:
     assert services <= {"logs", "xray", "sqs", "s3", "dynamodb", "secretsmanager", "kms"}, services
     assert "cloudwatch:PutMetricData" not in granted  # metrics are EMF log lines
 
-    assert {a for a in granted if a.startswith("s3:")} == {"s3:GetObject", "s3:GetObjectVersion"}
+    assert {a for a in granted if a.startswith("s3:")} == {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"}
     bucket_name = sub_text(package.resources["LandingBucket"]["Properties"]["BucketName"])
     for action in ("s3:GetObject", "s3:GetObjectVersion"):
         assert [sub_text(r) for _, r in granted[action]] == [f"arn:${{AWS::Partition}}:s3:::{bucket_name}/*"]
+    # ListBucket (on the bucket, not its objects) makes a gone object a 404, not a 403.
+    assert [sub_text(r) for _, r in granted["s3:ListBucket"]] == [f"arn:${{AWS::Partition}}:s3:::{bucket_name}"]
 
     dynamodb = {a for a in granted if a.startswith("dynamodb:")}
     assert dynamodb <= CLAIM_ACTIONS, dynamodb - CLAIM_ACTIONS
