@@ -138,22 +138,10 @@ def provision_aws(*, endpoint_url: str, region: str, names: Names, visibility_ti
 
 
 def create_table(client: DynamoDBClient, name: str) -> None:
-    """The claim table as the stack defines it (tests/support/tables.py), or the same by hand."""
-    try:
-        from tests.support.tables import create_claims_table
-    except ImportError:
-        pass
-    else:
-        create_claims_table(client, name)
-        return
-    client.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "ObjectID", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "ObjectID", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ExpiresAt"})
+    """The claim table as the stack defines it: the same helper the tests use."""
+    from tests.support.tables import create_claims_table
+
+    create_claims_table(client, name)
 
 
 def provision_minio(*, endpoint_url: str, access_key: str, secret_key: str, bucket: str) -> None:
