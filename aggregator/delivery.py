@@ -59,7 +59,7 @@ MAX_PARTS = 10_000  # S3's most parts per upload
 # Less than this before the deadline and no upload, part or completion is started: a
 # round trip to MinIO plus the HEAD that verifies it must fit, with time left for the
 # caller to settle its claims.
-MIN_START_SECONDS = 2.0
+MIN_START_SECONDS = 0.5
 
 AUTH_ERROR_CODES = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",

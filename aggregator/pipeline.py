@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 CODEC_BY_EXTENSION = {".tar.zst": "zstd", ".tar.gz": "gzip", ".tar": "none"}
 # Assumed upload speed when budgeting time for the publish step (conservative).
 _UPLOAD_BYTES_PER_SECOND = 20 << 20
+_MIN_RESERVE_SECONDS = 0.5
 
 
 class Target(Protocol):
@@ -154,7 +155,7 @@ def _archive_batch(work: _Work, *, deps: Dependencies, deadline: float, owner: s
     created_at = datetime.fromtimestamp(deps.clock(), tz=UTC)
     archive_id = new_archive_id(created_at)
     key = archive_key(settings.archive_prefix, created_at, archive_id, settings.archive_extension)
-    reserve = settings.deadline_reserve_ms / 1000
+    reserve = _reserve(settings, time_left=deadline - deps.clock())
     if deadline - deps.clock() < reserve:
         raise OutOfTime("too little time left to claim and archive anything")
 
@@ -171,8 +172,9 @@ def _archive_batch(work: _Work, *, deps: Dependencies, deadline: float, owner: s
         held -= recovered | undecided
         mine = [oid for oid in claimed.claimed if oid in held]
         if mine:
-            _archive_and_publish(mine, held=held, work=work, deps=deps, deadline=deadline, owner=owner,
-                                 key=key, archive_id=archive_id, created_at=created_at, outcome=outcome)
+            _archive_and_publish(mine, held=held, work=work, deps=deps, deadline=deadline, reserve=reserve,
+                                 owner=owner, key=key, archive_id=archive_id, created_at=created_at,
+                                 outcome=outcome)
     finally:
         if held:
             _release(held, claims=claims, owner=owner, log=log)
@@ -229,14 +231,19 @@ def _archived_ids(key: str, *, target: Target) -> set[str]:
         manifest = read_manifest(body, codec=codec)
     ids = set()
     for entry in manifest.get("objects", []):
-        ref = ObjectRef(bucket=entry["bucket"], key=entry["key"], size=entry.get("size"), etag=entry.get("etag"),
-                        version_id=entry.get("version_id"), sequencer=entry.get("sequencer"))
-        ids.add(object_id(ref))
+        # The claim is keyed by the *event's* identity. An event without a versionId (moto's
+        # S3 notifications, say) is keyed by eTag and sequencer, while the manifest records
+        # the version the GET answered with: accept both forms, or such an object would be
+        # archived again.
+        for version_id in dict.fromkeys((entry.get("version_id"), None)):
+            ref = ObjectRef(bucket=entry["bucket"], key=entry["key"], size=entry.get("size"), etag=entry.get("etag"),
+                            version_id=version_id, sequencer=entry.get("sequencer"))
+            ids.add(object_id(ref))
     return ids
 
 
 def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: Dependencies, deadline: float,
-                         owner: str, key: str, archive_id: str, created_at: datetime,
+                         reserve: float, owner: str, key: str, archive_id: str, created_at: datetime,
                          outcome: BatchOutcome) -> None:
     settings, log = deps.settings, deps.logger
     started = time.monotonic()
@@ -278,7 +285,7 @@ def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: 
                                     "key": item.ref.key, "error": str(item.error)})
                         not_archived.append(oid)
                         work.fail_objects([oid])
-                    if _time_left(deps, deadline) < _publish_budget(settings, spool.size):
+                    if _time_left(deps, deadline) < reserve + spool.size / _UPLOAD_BYTES_PER_SECOND:
                         log.warning("deadline near: archiving what is fetched so far")
                         cancel.set()
                         break
@@ -294,7 +301,7 @@ def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: 
             held.difference_update(not_archived)
         if summary is None:
             return
-        if _time_left(deps, deadline) < settings.deadline_reserve_ms / 1000 / 2:
+        if _time_left(deps, deadline) < reserve / 2:
             raise OutOfTime("deadline reached before the archive could be published")
         try:
             deps.target.publish(key=key, source=spool.rewind(), size=summary.size, sha256_hex=summary.sha256_hex,
@@ -358,8 +365,10 @@ def _time_left(deps: Dependencies, deadline: float) -> float:
     return deadline - deps.clock()
 
 
-def _publish_budget(settings: Settings, archive_bytes: int) -> float:
-    return settings.deadline_reserve_ms / 1000 + archive_bytes / _UPLOAD_BYTES_PER_SECOND
+def _reserve(settings: Settings, *, time_left: float) -> float:
+    """Time kept back for publish and commit: DEADLINE_RESERVE_MS, but at most a quarter of
+    a short invocation (a 4 s invocation keeps 1 s, not 10)."""
+    return min(settings.deadline_reserve_ms / 1000, max(_MIN_RESERVE_SECONDS, time_left / 4))
 
 
 def new_owner(request_id: str) -> str:

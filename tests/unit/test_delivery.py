@@ -336,7 +336,7 @@ def test_server_dropping_metadata_fails_and_removes_the_object(size: int) -> Non
 def test_too_little_time_refuses_to_start() -> None:
     client = FakeS3()
     with pytest.raises(OutOfTime):
-        publish(client, 1000, deadline=100.0, clock=lambda: 99.0)
+        publish(client, 1000, deadline=100.0, clock=lambda: 99.7)
     assert client.calls == []
 
 
@@ -354,7 +354,7 @@ def test_no_part_starts_past_the_deadline() -> None:
 def test_no_completion_too_close_to_the_deadline() -> None:
     client = FakeS3()
     now = [0.0]
-    client.failures["UploadPart"] = [lambda: None, lambda: None, lambda: now.__setitem__(0, 98.5)]
+    client.failures["UploadPart"] = [lambda: None, lambda: None, lambda: now.__setitem__(0, 99.7)]
     with pytest.raises(OutOfTime, match="complete"):
         publish(client, 12 * MiB, deadline=100.0, clock=lambda: now[0])
     assert client.calls.count("UploadPart") == 3

@@ -301,9 +301,15 @@ def test_claims_of_a_live_invocation_are_busy(env: dict[str, Any]) -> None:
 
 def test_too_little_time_fails_everything_and_writes_nothing(env: dict[str, Any]) -> None:
     ref = env["s3"].put("landing", "a.txt", b"a")
-    outcome = run(env, [Message("m1", s3_body(ref))], seconds=1)
+    outcome = run(env, [Message("m1", s3_body(ref))], seconds=0.4)
     assert outcome.failed_message_ids == ["m1"]
     assert env["minio"].objects == {} and scan_claims(env["dynamodb"], TABLE) == {}
+
+
+def test_a_short_invocation_keeps_a_proportional_reserve_and_archives(env: dict[str, Any]) -> None:
+    ref = env["s3"].put("landing", "a.txt", b"a")
+    outcome = run(env, [Message("m1", s3_body(ref))], seconds=3)  # well under DEADLINE_RESERVE_MS
+    assert outcome.failed_message_ids == [] and len(env["minio"].objects) == 1
 
 
 def test_no_new_object_writes_no_archive(env: dict[str, Any]) -> None:
