@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 CODEC_BY_EXTENSION = {".tar.zst": "zstd", ".tar.gz": "gzip", ".tar": "none"}
 # Assumed upload speed when budgeting time for the publish step (conservative).
 _UPLOAD_BYTES_PER_SECOND = 20 << 20
-_MIN_RESERVE_SECONDS = 0.5
+# Publish needs delivery.MIN_START_SECONDS (0.5 s) left to start, plus the release round trip.
+_MIN_RESERVE_SECONDS = 1.0
 
 
 class Target(Protocol):
@@ -164,12 +165,15 @@ def _archive_batch(work: _Work, *, deps: Dependencies, deadline: float, owner: s
     if claimed.busy:
         log.info("objects held by another invocation; retried later", extra={"objects": len(claimed.busy)})
         work.fail_objects(claimed.busy)
-    held = set(claimed.claimed)  # in progress and ours; emptied as they are released or committed
+    # Claims in progress and ours, released if we fail. A claim taken over from a dead
+    # invocation joins only once its earlier archives were read and do not list it: until
+    # then it is the only record that one of them may hold the object.
+    held = set(claimed.claimed) - claimed.taken_over.keys()
     try:
         recovered, undecided = _recover(claimed, deps=deps, owner=owner)
         outcome.counts["DuplicatesSkipped"] += len(recovered)
         work.fail_objects(undecided)
-        held -= recovered | undecided
+        held |= claimed.taken_over.keys() - recovered - undecided
         mine = [oid for oid in claimed.claimed if oid in held]
         if mine:
             _archive_and_publish(mine, held=held, work=work, deps=deps, deadline=deadline, reserve=reserve,
@@ -301,7 +305,7 @@ def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: 
             held.difference_update(not_archived)
         if summary is None:
             return
-        if _time_left(deps, deadline) < reserve / 2:
+        if _time_left(deps, deadline) < max(reserve / 2, _MIN_RESERVE_SECONDS / 2):
             raise OutOfTime("deadline reached before the archive could be published")
         try:
             deps.target.publish(key=key, source=spool.rewind(), size=summary.size, sha256_hex=summary.sha256_hex,

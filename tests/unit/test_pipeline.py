@@ -315,3 +315,25 @@ def test_a_short_invocation_keeps_a_proportional_reserve_and_archives(env: dict[
 def test_no_new_object_writes_no_archive(env: dict[str, Any]) -> None:
     outcome = run(env, [Message("t", json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))])
     assert outcome.failed_message_ids == [] and env["minio"].objects == {} and env["s3"].calls == 0
+
+
+def test_a_failed_recovery_commit_never_forgets_the_published_archive(env: dict[str, Any]) -> None:
+    refs = [env["s3"].put("landing", f"k{i}", b"v" * i) for i in range(2)]
+    messages = [Message(f"m{i}", s3_body(r)) for i, r in enumerate(refs)]
+
+    class CommitFails(ClaimStore):
+        def commit(self, object_ids: Any, *, owner: str, archive_key: str) -> None:
+            raise ClaimStoreError("DynamoDB unavailable")
+
+    failing = CommitFails(env["dynamodb"], TABLE, ttl_seconds=3600, clock=env["clock"])
+    run(env, messages, seconds=30, claims=failing)  # publishes, cannot commit
+    env["clock"].now += 31
+    second = run(env, messages, owner="inv-2", seconds=30, claims=failing)  # recovery cannot commit either
+    assert sorted(second.failed_message_ids) == ["m0", "m1"]
+    assert {c["State"] for c in scan_claims(env["dynamodb"], TABLE).values()} == {"IN_PROGRESS"}
+
+    env["clock"].now += 31
+    third = run(env, messages, owner="inv-3")
+
+    assert third.failed_message_ids == [] and third.counts["DuplicatesSkipped"] == 2
+    assert len(env["minio"].objects) == 1  # never archived a second time
