@@ -77,6 +77,7 @@ def test_engine_fetch_scaling(benchmark: Any, s3: harness.S3Server, small: Corpu
     _engine(benchmark, s3, small, harness.EngineConfig(workers=workers, processes=processes))
 
 
+@pytest.mark.skipif(harness.QUICK, reason="full mode only: test_fetch.py and the gate cover the cheap server in CI")
 @pytest.mark.benchmark(group="cheap-source")
 @pytest.mark.parametrize("what", ["fetch", "engine"])
 @pytest.mark.parametrize("processes", [1, 2], ids=["p1", "p2"])
