@@ -66,9 +66,13 @@ _BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers", "botocore.auth", "boto
 _SECRET_VALUE_MARKERS = ("SecretString", "SecretBinary")
 
 
-def aws_session() -> boto3.session.Session:
-    """A session resolved from the environment. Build clients from it on one thread."""
-    return boto3.session.Session()
+def aws_session(*, region: str | None = None) -> boto3.session.Session:
+    """A session resolved from the environment. Build clients from it on one thread.
+
+    ``region`` is the environment's own AWS_REGION (Settings.aws_region): botocore reads
+    only AWS_DEFAULT_REGION, and Lambda sets both, but a plain ``AWS_REGION=...`` must work too.
+    """
+    return boto3.session.Session(region_name=region)
 
 
 def _aws_config(*, max_pool: int) -> Config:

@@ -21,7 +21,6 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from aggregator import clients
-from aggregator.base.errors import AggregatorError, ConfigError
 from aggregator.base.settings import Settings
 from aggregator.claims import ClaimStore
 from aggregator.credentials import MinioSecretProvider
@@ -83,7 +82,7 @@ def _route_all_logging_through_json() -> None:
 
 
 def build_dependencies(settings: Settings) -> Dependencies:
-    session = clients.aws_session()
+    session = clients.aws_session(region=settings.aws_region)
     pool = settings.max_fetch_workers + 4
     claims = ClaimStore(clients.dynamodb_client(session, max_pool=pool), settings.idempotency_table_name,
                         ttl_seconds=settings.idempotency_ttl_seconds)
@@ -129,12 +128,18 @@ def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]
     try:
         app = _get_app()
         records = _records(event)
-    except (ConfigError, ValueError) as e:
-        # Refuse before anything is written; say why in a JSON line of our own too.
+    except Exception as e:
+        # Refused before anything is written (configuration, clients, event shape):
+        # say why in a JSON line of our own, not only in the runtime's traceback.
         logger.error("invocation refused", extra={"error": str(e), "error_type": type(e).__name__})
         raise
     try:
         outcome = _run(records, app=app, context=context)
+    except Exception:
+        logger.exception("invocation failed; the whole batch will be retried")
+        metrics.flush_metrics()
+        raise
+    try:
         failed = set(outcome.failed_message_ids)
 
         def verdict(record: SQSRecord) -> None:
@@ -165,11 +170,7 @@ def _run(records: list[dict[str, Any]], *, app: _App, context: LambdaContextLike
     deadline = deps.clock() + context.get_remaining_time_in_millis() / 1000
     messages = [Message(record["messageId"], record.get("body")) for record in records]
     started = time.monotonic()
-    try:
-        outcome = run_batch(messages, deps=deps, deadline=deadline, owner=new_owner(context.aws_request_id))
-    except AggregatorError:
-        logger.exception("batch failed")
-        raise
+    outcome = run_batch(messages, deps=deps, deadline=deadline, owner=new_owner(context.aws_request_id))
     _publish_metrics(outcome, elapsed_ms=(time.monotonic() - started) * 1000)
     return outcome
 

@@ -53,6 +53,8 @@ class Settings:
     multipart_part_bytes: int = 16 * 1024 * 1024
     # Time kept back from the deadline for upload, verification and commit.
     deadline_reserve_ms: int = 10_000
+    # The SDK's region as Lambda sets it: boto3 itself reads only AWS_DEFAULT_REGION.
+    aws_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +101,7 @@ class Settings:
             zstd_threads=_int(env, "ZSTD_THREADS", 0, 0, 64),
             multipart_part_bytes=_int(env, "MULTIPART_PART_BYTES", 16 << 20, 5 << 20, 512 << 20),
             deadline_reserve_ms=_int(env, "DEADLINE_RESERVE_MS", 10_000, 0, 600_000),
+            aws_region=(env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip() or None,
         )
 
     @property
