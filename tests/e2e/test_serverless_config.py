@@ -509,3 +509,8 @@ def test_sample_events_are_real_sqs_events(name: str) -> None:
                 assert ref.bucket == f"{SERVICE}-local-landing-123456789012-eu-west-2"
                 # `scripts/local_deploy.py --seed` uploads exactly these bytes.
                 assert ref.etag == hashlib.md5(sample_object_body(ref.bucket, ref.key)).hexdigest()
+
+
+def test_the_runtime_logs_json_too(package: Package) -> None:
+    function = package.resources["AggregatorLambdaFunction"]["Properties"]
+    assert function["LoggingConfig"]["LogFormat"] == "JSON"
