@@ -156,6 +156,8 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
     if size <= part_bytes:
         body = _read_exactly(source, size)
         _ensure_consumed(source)
+        # Reading a spilled spool takes time: nothing may be sent once the deadline is near.
+        _check_deadline(deadline, clock, margin=MIN_START_SECONDS, what="send the upload")
         checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
         _finish(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex, action="PutObject",
                 operation=lambda: client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata,
@@ -272,13 +274,18 @@ def _check_deadline(deadline: float | None, clock: Callable[[], float], *, margi
 
 
 def _read_exactly(source: BinaryIO, count: int) -> bytes:
-    buffer = bytearray()
+    """``count`` bytes of the spool; one read (and no copy) in the usual case, since a
+    file returns all it is asked for: a part is held in memory once, not twice."""
     try:
+        data = source.read(count)
+        if len(data) == count:
+            return data
+        buffer = bytearray(data)
         while len(buffer) < count:
-            data = source.read(count - len(buffer))
-            if not data:
+            more = source.read(count - len(buffer))
+            if not more:
                 raise DeliveryError(f"archive spool ended {count - len(buffer)} bytes early")
-            buffer += data
+            buffer += more
     except OSError as e:
         raise DeliveryError("could not read the archive spool") from e
     return bytes(buffer)

@@ -41,7 +41,11 @@ class ArchiveSpool:
                  free_space: Callable[[str], int] = free_bytes) -> None:
         self.directory = directory or tempfile.gettempdir()
         self._max_memory = max_memory
-        self._file: BinaryIO = tempfile.SpooledTemporaryFile(max_size=max_memory, dir=self.directory)  # type: ignore[assignment]  # noqa: SIM115
+        # max_size=0 would mean "never spill" to SpooledTemporaryFile: 0 here means disk at once.
+        self._file: BinaryIO = (
+            tempfile.SpooledTemporaryFile(max_size=max_memory, dir=self.directory)  # type: ignore[assignment]  # noqa: SIM115
+            if max_memory > 0 else tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 - closed by close()
+        )
         self._still_to_write = still_to_write
         self._free_space = free_space
         self.size = 0
