@@ -21,8 +21,11 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m local demo
 
+# The tests, then the quick benchmarks as a regression gate (ratios and CPU per object,
+# never wall times). CI runs exactly this.
 test: setup
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+	$(MAKE) --no-print-directory bench-quick
 
 test-full: setup
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -31,11 +34,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+BENCH = $(PY) -m pytest benchmarks -p no:cacheprovider -q --durations=10
+
 bench: setup
-	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=benchmarks/results/latest.json
+	BENCH_GATE_JSON=benchmarks/results/gate-full.json $(BENCH) --benchmark-json=benchmarks/results/full.json; \
+	status=$$?; $(PY) -m benchmarks.render benchmarks/results/full.json --gate benchmarks/results/gate-full.json; \
+	exit $$status
 
 bench-quick: setup
-	BENCH_QUICK=1 $(PY) -m pytest benchmarks -q --benchmark-only
+	BENCH_QUICK=1 $(BENCH) --benchmark-compare=benchmarks/results/quick.json
 
 package: setup
 	npx serverless package --stage dev
