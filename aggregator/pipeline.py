@@ -58,6 +58,7 @@ CODEC_BY_EXTENSION = {".tar.zst": "zstd", ".tar.gz": "gzip", ".tar": "none"}
 _UPLOAD_BYTES_PER_SECOND = 20 << 20
 # Publish needs delivery.MIN_START_SECONDS (0.5 s) left to start, plus the release round trip.
 _MIN_RESERVE_SECONDS = 1.0
+_MAX_CLAIM_KEY_BYTES = 2048  # DynamoDB's partition key limit
 
 
 class Target(Protocol):
@@ -141,9 +142,17 @@ def _parse(messages: Sequence[Message], *, outcome: BatchOutcome, logger: Logger
             outcome.counts["MalformedMessages"] += 1
             work.failed_messages.add(message.message_id)
             continue
+        ids = [object_id(ref) for ref in parsed.objects]
+        if any(len(oid.encode("utf-8")) > _MAX_CLAIM_KEY_BYTES for oid in ids):
+            # A forged event with huge version fields: its claim key would not fit
+            # DynamoDB's partition key and fail the whole claim transaction.
+            logger.error("malformed message", extra={"message_id": message.message_id,
+                                                     "reason": "object identity too long for a claim key"})
+            outcome.counts["MalformedMessages"] += 1
+            work.failed_messages.add(message.message_id)
+            continue
         outcome.counts["EventsIgnored"] += parsed.ignored
-        for ref in parsed.objects:
-            oid = object_id(ref)
+        for ref, oid in zip(parsed.objects, ids, strict=True):
             if oid in work.refs:
                 outcome.counts["DuplicatesSkipped"] += 1  # named twice in one batch
             work.refs.setdefault(oid, ref)
@@ -258,7 +267,16 @@ def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: 
     cancel = threading.Event()
     with ArchiveSpool(max_memory=settings.spool_max_memory_bytes,
                       still_to_write=lambda: sum(pending.values())) as spool:
-        spool.ensure_room(sum(pending.values()))
+        refs, too_big = _admit(refs, capacity=spool.capacity())
+        if too_big:
+            # Only these messages wait for a smaller batch (or the DLQ); the rest go on.
+            log.warning("objects do not fit the spool now; retried later", extra={"objects": len(too_big)})
+            too_big_ids = [object_id(ref) for ref in too_big]
+            for oid in too_big_ids:
+                pending.pop(oid, None)
+            work.fail_objects(too_big_ids)
+            not_archived += too_big_ids
+            mine = [oid for oid in mine if oid in pending]
         with ArchiveWriter(spool, codec=settings.compression, level=settings.compression_level,
                            threads=settings.zstd_threads, archive_id=archive_id, created_at=created_at) as writer:
             with deps.fetch(refs, source=deps.source(), workers=settings.max_fetch_workers,
@@ -367,6 +385,21 @@ def _release(ids: Iterable[str], *, claims: ClaimStore, owner: str, log: Logger)
 
 def _time_left(deps: Dependencies, deadline: float) -> float:
     return deadline - deps.clock()
+
+
+def _admit(refs: list[ObjectRef], *, capacity: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """The refs whose sizes (from their events) fit in ``capacity``, in order, and the rest."""
+    admitted: list[ObjectRef] = []
+    rejected: list[ObjectRef] = []
+    total = 0
+    for ref in refs:
+        size = ref.size or 0
+        if total + size <= capacity:
+            admitted.append(ref)
+            total += size
+        else:
+            rejected.append(ref)
+    return admitted, rejected
 
 
 def _reserve(settings: Settings, *, time_left: float) -> float:

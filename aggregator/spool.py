@@ -55,6 +55,10 @@ class ArchiveSpool:
     def on_disk(self) -> bool:
         return self.size > self._max_memory
 
+    def capacity(self) -> int:
+        """Bytes this spool can still take: memory, then the free disk less headroom."""
+        return max(0, self._max_memory - self.size) + max(0, self._free_space(self.directory) - _HEADROOM)
+
     def ensure_room(self, incoming: int) -> None:
         """Fail now if ``incoming`` more bytes could not fit once spilled to disk."""
         if self.size + incoming <= self._max_memory:

@@ -148,7 +148,7 @@ def _object_ref(bucket: str, key: str, obj: dict[str, Any], index: int, *, etag_
 
 
 def _bucket_name(name: str, index: int) -> str:
-    if not name or "/" in name or name in (".", "..") or not name.isprintable() or len(name) > 255:
+    if not name or "/" in name or name in (".", "..") or not name.isprintable() or len(name) > 63:
         raise MalformedMessage(f"record {index}: invalid bucket name")
     return name
 

@@ -337,3 +337,19 @@ def test_a_failed_recovery_commit_never_forgets_the_published_archive(env: dict[
 
     assert third.failed_message_ids == [] and third.counts["DuplicatesSkipped"] == 2
     assert len(env["minio"].objects) == 1  # never archived a second time
+
+
+def test_an_object_too_big_for_the_spool_fails_only_its_own_message(env: dict[str, Any]) -> None:
+    small = env["s3"].put("landing", "small.txt", b"small")
+    huge = ObjectRef("landing", "huge.bin", 10**15, "abc", None, "01")  # an event claiming a petabyte
+    outcome = run(env, [Message("m-huge", s3_body(huge)), Message("m-small", s3_body(small))])
+    assert outcome.failed_message_ids == ["m-huge"]
+    assert outcome.counts["ObjectsArchived"] == 1
+    assert object_id(huge) not in scan_claims(env["dynamodb"], TABLE)  # released for a later try
+
+
+def test_an_identity_too_long_for_a_claim_key_is_malformed_alone(env: dict[str, Any]) -> None:
+    small = env["s3"].put("landing", "small.txt", b"small")
+    forged = ObjectRef("landing", "k", 1, "e" * 3000, None, "01")
+    outcome = run(env, [Message("forged", s3_body(forged)), Message("ok", s3_body(small))])
+    assert outcome.failed_message_ids == ["forged"] and outcome.counts["ObjectsArchived"] == 1
