@@ -43,7 +43,7 @@ from aggregator.base.errors import (
 )
 from aggregator.base.events import ObjectRef, parse_body
 from aggregator.base.names import archive_key, new_archive_id, object_id
-from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, Streamed
+from aggregator.base.objects import Fetched, FetchResult, Missing, Streamed
 from aggregator.base.settings import Settings
 from aggregator.claims import ClaimOutcome, ClaimStore
 from aggregator.spool import ArchiveSpool
@@ -255,105 +255,148 @@ def _archived_ids(key: str, *, target: Target) -> set[str]:
     return ids
 
 
+@dataclass
+class _Tally:
+    """Where each claimed object of this archive ended up."""
+
+    archived: list[str] = field(default_factory=list)
+    not_archived: list[str] = field(default_factory=list)  # released before the publish
+
+
 def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: Dependencies, deadline: float,
                          reserve: float, owner: str, key: str, archive_id: str, created_at: datetime,
                          outcome: BatchOutcome) -> None:
     settings, log = deps.settings, deps.logger
     started = time.monotonic()
     refs = [work.refs[oid] for oid in mine]
-    pending = {object_id(ref): ref.size or 0 for ref in refs}
-    archived: list[str] = []
-    not_archived: list[str] = []
-    cancel = threading.Event()
+    pending = {object_id(ref): ref.size or 0 for ref in refs}  # upper bound of what is left to write
+    tally = _Tally()
     with ArchiveSpool(max_memory=settings.spool_max_memory_bytes,
                       still_to_write=lambda: sum(pending.values())) as spool:
         refs, too_big = _admit(refs, capacity=spool.capacity())
         if too_big:
             # Only these messages wait for a smaller batch (or the DLQ); the rest go on.
             log.warning("objects do not fit the spool now; retried later", extra={"objects": len(too_big)})
-            too_big_ids = [object_id(ref) for ref in too_big]
-            for oid in too_big_ids:
-                pending.pop(oid, None)
-            work.fail_objects(too_big_ids)
-            not_archived += too_big_ids
-            mine = [oid for oid in mine if oid in pending]
+            tally.not_archived += [object_id(ref) for ref in too_big]
+            work.fail_objects(tally.not_archived)
+            for oid in tally.not_archived:
+                pending.pop(oid)
         with ArchiveWriter(spool, codec=settings.compression, level=settings.compression_level,
                            threads=settings.zstd_threads, archive_id=archive_id, created_at=created_at) as writer:
-            with deps.fetch(refs, source=deps.source(), workers=settings.max_fetch_workers,
-                            processes=settings.fetch_processes, queue_depth=settings.fetch_queue_depth,
-                            cancel=cancel) as results:
-                for item in results:
-                    oid = object_id(item.ref)
-                    pending.pop(oid, None)
-                    if isinstance(item, Fetched | Streamed):
-                        try:
-                            writer.add(item)
-                        except (FetchError, PermanentError) as e:
-                            if writer.broken:  # part of a member is written: abandon the archive
-                                raise
-                            log.warning("object not archivable now", extra={"bucket": item.ref.bucket,
-                                        "key": item.ref.key, "error": str(e)})
-                            not_archived.append(oid)
-                            work.fail_objects([oid])
-                        else:
-                            archived.append(oid)
-                    elif isinstance(item, Missing):
-                        outcome.counts["ObjectsMissing"] += 1
-                        log.warning("object gone at the named version; acknowledged",
-                                    extra={"bucket": item.ref.bucket, "key": item.ref.key})
-                        not_archived.append(oid)
-                    elif isinstance(item, Failed):
-                        log.warning("fetch failed; retried later", extra={"bucket": item.ref.bucket,
-                                    "key": item.ref.key, "error": str(item.error)})
-                        not_archived.append(oid)
-                        work.fail_objects([oid])
-                    if _time_left(deps, deadline) < reserve + spool.size / _UPLOAD_BYTES_PER_SECOND:
-                        log.warning("deadline near: archiving what is fetched so far")
-                        cancel.set()
-                        break
-            seen = set(archived).union(not_archived)
-            unfetched = [oid for oid in mine if oid not in seen]
-            work.fail_objects(unfetched)
-            not_archived += unfetched
-            summary = writer.finish() if archived else None
+            _fetch_into(writer, refs, pending=pending, tally=tally, work=work, deps=deps,
+                        stop_at=deadline - reserve, outcome=outcome)
+            unfinished = [oid for oid in mine if oid in pending]  # never fetched: the deadline came first
+            work.fail_objects(unfinished)
+            tally.not_archived += unfinished
+            summary = writer.finish() if tally.archived else None
 
         # Step 4: only claims of objects really in the archive may name it from now on.
-        if not_archived:
-            _release(not_archived, claims=deps.claims, owner=owner, log=log)
-            held.difference_update(not_archived)
+        if tally.not_archived:
+            _release(tally.not_archived, claims=deps.claims, owner=owner, log=log)
+            held.difference_update(tally.not_archived)
         if summary is None:
             return
         if _time_left(deps, deadline) < max(reserve / 2, _MIN_RESERVE_SECONDS / 2):
             raise OutOfTime("deadline reached before the archive could be published")
-        try:
-            deps.target.publish(key=key, source=spool.rewind(), size=summary.size, sha256_hex=summary.sha256_hex,
-                                part_bytes=settings.multipart_part_bytes, deadline=deadline)
-        except AggregatorError as e:
-            try:
-                published = _published_anyway(key, target=deps.target, log=log)
-            except _Undecided:
-                held.difference_update(archived)  # may be published: leave them to recovery
-                raise
-            if not published:
-                raise
-            log.warning("publish reported an error but the archive is complete", extra={"error": str(e)})
+        _publish(spool, key=key, size=summary.size, sha256_hex=summary.sha256_hex, deps=deps, deadline=deadline,
+                 archived=tally.archived, held=held)
 
     # Step 6. From here on the archive is published: never release these claims.
-    held.difference_update(archived)
+    held.difference_update(tally.archived)
     try:
-        deps.claims.commit(archived, owner=owner, archive_key=key)
+        deps.claims.commit(tally.archived, owner=owner, archive_key=key)
     except RetryableError:
         # The claims stay in progress naming this archive; the next delivery after our
         # deadline recovers them from its manifest. Retry the messages to get there.
         log.warning("commit failed after publish; recovery will commit", extra={"archive_key": key})
-        work.fail_objects(archived)
+        work.fail_objects(tally.archived)
         raise
     outcome.archive_key = key
     outcome.archive_bytes = summary.size
-    outcome.archive_objects = len(archived)
-    outcome.counts["ObjectsArchived"] += len(archived)
+    outcome.archive_objects = len(tally.archived)
+    outcome.counts["ObjectsArchived"] += len(tally.archived)
     outcome.counts["ArchiveDurationMs"] = int((time.monotonic() - started) * 1000)
-    log.info("archive published", extra={"archive_key": key, "objects": len(archived), "bytes": summary.size})
+    log.info("archive published", extra={"archive_key": key, "objects": len(tally.archived), "bytes": summary.size})
+
+
+def _fetch_into(writer: ArchiveWriter, refs: list[ObjectRef], *, pending: dict[str, int], tally: _Tally,
+                work: _Work, deps: Dependencies, stop_at: float, outcome: BatchOutcome) -> None:
+    """Fetch ``refs`` into the archive until done or until ``stop_at`` (epoch seconds).
+
+    Two ways to stop in time: checking the clock as items arrive, and a timer that cancels
+    the fetch when no item arrives (a GET that stalls) so that what did arrive is kept.
+    """
+    if not refs:
+        return
+    settings, log = deps.settings, deps.logger
+    cancel, out_of_time = threading.Event(), threading.Event()
+
+    def time_is_up() -> None:
+        out_of_time.set()
+        cancel.set()
+
+    timer = threading.Timer(max(0.0, stop_at - deps.clock()), time_is_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        with deps.fetch(refs, source=deps.source(), workers=settings.max_fetch_workers,
+                        processes=settings.fetch_processes, queue_depth=settings.fetch_queue_depth,
+                        cancel=cancel) as results:
+            for item in results:
+                oid = object_id(item.ref)
+                pending.pop(oid, None)
+                _record(item, oid=oid, writer=writer, tally=tally, work=work, outcome=outcome, log=log)
+                if deps.clock() + writer.stored_bytes / _UPLOAD_BYTES_PER_SECOND > stop_at:
+                    log.warning("deadline near: archiving what is fetched so far")
+                    return
+    except FetchError:
+        if not out_of_time.is_set() or writer.broken:
+            raise
+        log.warning("deadline near: a slow fetch was cancelled; archiving what arrived")
+    finally:
+        timer.cancel()
+        timer.join()
+
+
+def _record(item: FetchResult, *, oid: str, writer: ArchiveWriter, tally: _Tally, work: _Work,
+            outcome: BatchOutcome, log: Logger) -> None:
+    ref = item.ref
+    if isinstance(item, Fetched | Streamed):
+        try:
+            writer.add(item)
+        except (FetchError, PermanentError) as e:
+            if writer.broken:  # part of a member is written: abandon the archive
+                raise
+            log.warning("object not archivable now", extra={"bucket": ref.bucket, "key": ref.key, "error": str(e)})
+            tally.not_archived.append(oid)
+            work.fail_objects([oid])
+        else:
+            tally.archived.append(oid)
+    elif isinstance(item, Missing):
+        outcome.counts["ObjectsMissing"] += 1
+        log.warning("object gone at the named version; acknowledged", extra={"bucket": ref.bucket, "key": ref.key})
+        tally.not_archived.append(oid)
+    else:
+        log.warning("fetch failed; retried later", extra={"bucket": ref.bucket, "key": ref.key,
+                                                          "error": str(item.error)})
+        tally.not_archived.append(oid)
+        work.fail_objects([oid])
+
+
+def _publish(spool: ArchiveSpool, *, key: str, size: int, sha256_hex: str, deps: Dependencies, deadline: float,
+             archived: list[str], held: set[str]) -> None:
+    try:
+        deps.target.publish(key=key, source=spool.rewind(), size=size, sha256_hex=sha256_hex,
+                            part_bytes=deps.settings.multipart_part_bytes, deadline=deadline)
+    except AggregatorError as e:
+        try:
+            published = _published_anyway(key, target=deps.target, log=deps.logger)
+        except _Undecided:
+            held.difference_update(archived)  # may be published: leave them to recovery
+            raise
+        if not published:
+            raise
+        deps.logger.warning("publish reported an error but the archive is complete", extra={"error": str(e)})
 
 
 def _published_anyway(key: str, *, target: Target, log: Logger) -> bool:

@@ -353,3 +353,23 @@ def test_an_identity_too_long_for_a_claim_key_is_malformed_alone(env: dict[str, 
     forged = ObjectRef("landing", "k", 1, "e" * 3000, None, "01")
     outcome = run(env, [Message("forged", s3_body(forged)), Message("ok", s3_body(small))])
     assert outcome.failed_message_ids == ["forged"] and outcome.counts["ObjectsArchived"] == 1
+
+
+def test_a_stalled_fetch_is_cancelled_at_the_reserve_and_what_arrived_is_published(env: dict[str, Any]) -> None:
+    s3 = env["s3"]
+    quick, stuck = s3.put("landing", "quick.txt", b"quick"), s3.put("landing", "stuck.txt", b"stuck")
+
+    @contextlib.contextmanager
+    def stalling_fetch(refs: Sequence[ObjectRef], *, cancel: threading.Event, **_: Any) -> Iterator[Any]:
+        def results() -> Iterator[FetchResult]:
+            yield s3._one(quick)
+            assert cancel.wait(timeout=10), "the pipeline never cancelled the stalled fetch"
+            raise FetchError("fetch cancelled")
+        yield results()
+
+    outcome = run(env, [Message("m-quick", s3_body(quick)), Message("m-stuck", s3_body(stuck))],
+                  seconds=1.2, fetch=stalling_fetch)  # reserve 1 s: the timer fires after 0.2 s
+
+    assert outcome.failed_message_ids == ["m-stuck"] and outcome.counts["ObjectsArchived"] == 1
+    assert object_id(stuck) not in scan_claims(env["dynamodb"], TABLE)
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
