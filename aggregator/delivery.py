@@ -51,6 +51,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# The requests that can make the final key appear. None of them may leave after the
+# deadline, not even as the SDK's own retry: by then another invocation may be deciding
+# from MinIO's contents whether to archive the same objects again.
+_KEY_CREATING = ("PutObject", "CompleteMultipartUpload")
+_send_limit = threading.local()  # (deadline, clock) of the publish running on this thread
+
+
+def _refuse_late_send(**_: Any) -> None:
+    limit = getattr(_send_limit, "value", None)
+    if limit is not None and limit[1]() > limit[0]:
+        raise OutOfTime("the deadline passed: no request that could publish the archive is sent")
+
+
+def _guard_deadline(client: S3Client, deadline: float | None, clock: Callable[[], float]) -> None:
+    events = getattr(getattr(client, "meta", None), "events", None)  # absent on test fakes, which never retry
+    if events is not None:
+        for operation in _KEY_CREATING:
+            events.register(f"before-send.s3.{operation}", _refuse_late_send,
+                            unique_id=f"aggregator-deadline-{operation}")
+    _send_limit.value = None if deadline is None else (deadline, clock)
+
 T = TypeVar("T")
 
 METADATA_KEY = "sha256_checksum"
@@ -148,6 +169,16 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
     if len(sha256_hex) != 64 or not set(sha256_hex) <= set("0123456789abcdef"):
         raise ValueError("sha256_hex must be 64 lowercase hex digits")
     _check_deadline(deadline, clock, margin=MIN_START_SECONDS, what="start the upload")
+    _guard_deadline(client, deadline, clock)
+    try:
+        _publish(client, bucket=bucket, key=key, source=source, size=size, sha256_hex=sha256_hex,
+                 part_bytes=part_bytes, deadline=deadline, clock=clock)
+    finally:
+        _send_limit.value = None
+
+
+def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
+             part_bytes: int, deadline: float | None, clock: Callable[[], float]) -> None:
     try:
         source.seek(0)
     except (OSError, ValueError) as e:
