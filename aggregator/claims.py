@@ -465,6 +465,39 @@ class ClaimStore:
             return _Cancelled(error=e, reasons=reasons)
         return None
 
+    # -- verify ------------------------------------------------------------------------
+
+    def still_ours(self, object_ids: Iterable[str], *, owner: str) -> set[str]:
+        """The ids whose claim is, by a strongly consistent read now, ours and in progress.
+
+        Checked just before publishing: if any claim is no longer ours (our lease was taken
+        over, or a store without transactional isolation, such as moto's server, let a
+        concurrent claim through), the archive must not be published. One BatchGetItem per
+        100 ids; unprocessed keys are retried with backoff.
+        """
+        ids = list(dict.fromkeys(object_ids))
+        ours: set[str] = set()
+        for start in range(0, len(ids), TRANSACTION_LIMIT):
+            pending: Any = {self._table: {
+                "Keys": [{"ObjectID": {"S": oid}} for oid in ids[start:start + TRANSACTION_LIMIT]],
+                "ConsistentRead": True,
+                "ProjectionExpression": "ObjectID, #s, #o",
+                "ExpressionAttributeNames": {"#s": "State", "#o": "Owner"},
+            }}
+            attempt = 0
+            while pending:
+                response = self._request("BatchGetItem", partial(self._client.batch_get_item, RequestItems=pending))
+                for item in response.get("Responses", {}).get(self._table, []):
+                    if item.get("State", {}).get("S") == IN_PROGRESS and item.get("Owner", {}).get("S") == owner:
+                        ours.add(str(item["ObjectID"]["S"]))
+                pending = response.get("UnprocessedKeys") or None
+                if pending:
+                    attempt += 1
+                    if attempt >= self._backoff.attempts:
+                        raise ClaimStoreError("BatchGetItem left keys unprocessed after retries")
+                    self._sleep(self._backoff.delay(attempt))
+        return ours
+
     def _request(self, operation: str, send: Callable[[], Any], *, passthrough: tuple[str, ...] = ()) -> Any:
         """Send one request, retrying transient failures; ``passthrough`` codes reach the caller."""
         attempt = 0

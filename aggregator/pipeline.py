@@ -298,6 +298,11 @@ def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: 
             return
         if _time_left(deps, deadline) < max(reserve / 2, _MIN_RESERVE_SECONDS / 2):
             raise OutOfTime("deadline reached before the archive could be published")
+        lost = set(tally.archived) - deps.claims.still_ours(tally.archived, owner=owner)
+        if lost:
+            # Someone else holds some of these now: publishing could archive them twice.
+            held.difference_update(lost)  # theirs: never release them
+            raise _ClaimsLost(f"{len(lost)} claims are no longer ours; the archive is not published")
         _publish(spool, key=key, size=summary.size, sha256_hex=summary.sha256_hex, deps=deps, deadline=deadline,
                  archived=tally.archived, held=held)
 
@@ -411,6 +416,10 @@ def _published_anyway(key: str, *, target: Target, log: Logger) -> bool:
         log.error("cannot tell whether the archive was published; claims left to expire",
                   extra={"archive_key": key, "error": str(e)})
         raise _Undecided(str(e)) from e
+
+
+class _ClaimsLost(RetryableError):
+    """A claim changed hands while we archived: abandon the archive, retry the messages."""
 
 
 class _Undecided(RetryableError):

@@ -373,3 +373,23 @@ def test_a_stalled_fetch_is_cancelled_at_the_reserve_and_what_arrived_is_publish
     assert outcome.failed_message_ids == ["m-stuck"] and outcome.counts["ObjectsArchived"] == 1
     assert object_id(stuck) not in scan_claims(env["dynamodb"], TABLE)
     assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+
+
+def test_an_archive_is_not_published_when_a_claim_changed_hands_meanwhile(env: dict[str, Any]) -> None:
+    s3, dynamodb = env["s3"], env["dynamodb"]
+    refs = [s3.put("landing", f"k{i}", b"v") for i in range(3)]
+
+    @contextlib.contextmanager
+    def fetch_while_stolen(refs_: Sequence[ObjectRef], **kwargs: Any) -> Iterator[Any]:
+        # As if a store without isolation let another invocation's claim overwrite ours.
+        dynamodb.update_item(TableName=TABLE, Key={"ObjectID": {"S": object_id(refs[1])}},
+                             UpdateExpression="SET #o = :o", ExpressionAttributeNames={"#o": "Owner"},
+                             ExpressionAttributeValues={":o": {"S": "thief"}})
+        with s3.fetch(refs_, **kwargs) as results:
+            yield results
+
+    outcome = run(env, [Message(f"m{i}", s3_body(r)) for i, r in enumerate(refs)], fetch=fetch_while_stolen)
+
+    assert sorted(outcome.failed_message_ids) == ["m0", "m1", "m2"] and env["minio"].objects == {}
+    claims = scan_claims(dynamodb, TABLE)
+    assert list(claims) == [object_id(refs[1])] and claims[object_id(refs[1])]["Owner"] == "thief"
