@@ -46,6 +46,7 @@ from tests.conftest import S3Target
 from tests.support.fault_proxy import Fault, FaultProxy, Request, json_error, s3_error, slow_down, transaction_conflict
 from tests.support.faults import Rule, kill_at, raise_at, sleep_at
 from tests.support.invoke import Function, InvocationResult
+from tests.support.report import terminal
 from tests.support.s3events import Uploaded
 from tests.support.servers import MotoServer
 from tests.support.world import Batch, World, new_batch
@@ -466,15 +467,7 @@ def run_matrix(world: World, cells: list[Cell], tmp_path: Path, say: Callable[[s
 
 @pytest.fixture
 def say(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-
-    def write(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
-
-    return write
+    return terminal(request)
 
 
 def test_fault_matrix(world: World, tmp_path: Path, say: Callable[[str], None]) -> None:

@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 from tests.conftest import S3Target
 from tests.support import archives
 from tests.support.invoke import Function
+from tests.support.report import terminal
 from tests.support.s3events import Uploaded, messages, record, sequencer, sqs_event, upload
 from tests.support.servers import MotoServer
 from tests.support.world import World
@@ -69,8 +70,8 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def harness(moto_server: MotoServer, minio_target: S3Target, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Harness]:
+def harness(moto_server: MotoServer, minio_target: S3Target, tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[Harness]:
     world = World.create(moto_server, minio_target)
     bucket, table, secret = world.bucket(), world.table(), world.secret()
     prefix = f"hostile/{os.urandom(5).hex()}"
@@ -78,7 +79,7 @@ def harness(moto_server: MotoServer, minio_target: S3Target, tmp_path_factory: p
     with Function(env, log_dir=tmp_path_factory.mktemp("hostile")) as function:
         state = Harness(world=world, bucket=bucket, prefix=prefix, function=function)
         yield state
-    print(f"\nhostile input: {state.examples} batches, {state.archived} objects archived, {state.extracted} "
+    terminal(request)(f"hostile input: {state.examples} batches, {state.archived} objects archived, {state.extracted} "
           f"archives extracted with tarfile and GNU tar, message kinds {state.kinds}")
 
 

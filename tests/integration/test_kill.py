@@ -22,6 +22,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import pytest
 from tests.conftest import S3Target
 from tests.support.faults import Rule, kill_at, sleep_at
 from tests.support.invoke import Function, InvocationResult
+from tests.support.report import terminal
 from tests.support.s3events import Uploaded, messages, notification, sqs_event, upload
 from tests.support.servers import MotoServer
 from tests.support.world import Batch, World, new_batch
@@ -204,7 +206,7 @@ class RandomPoint:
 
 
 def run_random_points(world: World, log_dir: Path, *, count: int, seed: int, workers: int,
-                      max_delay: float) -> list[RandomPoint]:
+                      max_delay: float, say: Callable[[str], None] = print) -> list[RandomPoint]:
     rng = random.Random(seed)
     points = [RandomPoint(index=i, delay=rng.uniform(0, max_delay), codec=rng.choice(("zstd", "gzip", "none")),
                           processes=rng.choice(("1", "1", "2")), objects=rng.randint(6, 30)) for i in range(count)]
@@ -229,7 +231,7 @@ def run_random_points(world: World, log_dir: Path, *, count: int, seed: int, wor
             point.problems.append(f"{type(e).__name__}: {e}")
         with lock:
             status = "ok" if not point.problems else "FAILED"
-            print(f"  kill point {point.index:2d}: delay {point.delay:.3f} s, {point.codec}, {point.processes} "
+            say(f"  kill point {point.index:2d}: delay {point.delay:.3f} s, {point.codec}, {point.processes} "
                   f"fetch process(es), {point.objects} objects -> {point.killed_outcome} at {point.step}: {status}")
         return point
 
@@ -237,26 +239,26 @@ def run_random_points(world: World, log_dir: Path, *, count: int, seed: int, wor
         return list(pool.map(run, points))
 
 
-def _random_kills(world: World, tmp_path: Path, *, count: int, workers: int) -> None:
+def _random_kills(world: World, tmp_path: Path, say: Callable[[str], None], *, count: int, workers: int) -> None:
     seed = int(os.environ.get("KILL_SEED") or random.SystemRandom().randrange(10**6))
-    print(f"\nrandom kill points: KILL_SEED={seed} ({count} points)")
-    points = run_random_points(world, tmp_path, count=count, seed=seed, workers=workers, max_delay=1.2)
+    say(f"random kill points: KILL_SEED={seed} ({count} points; set KILL_SEED to run them again)")
+    points = run_random_points(world, tmp_path, count=count, seed=seed, workers=workers, max_delay=1.2, say=say)
     steps = Counter(p.step for p in points if p.killed_outcome == "killed")
-    print(f"random kill points by last step (KILL_SEED={seed}): {dict(sorted(steps.items()))}; "
+    say(f"random kill points by last step (KILL_SEED={seed}): {dict(sorted(steps.items()))}; "
           f"not killed (finished first): {sum(p.killed_outcome == 'ok' for p in points)}")
     failures = {f"point {p.index} (delay {p.delay:.3f} s, step {p.step})": p.problems for p in points if p.problems}
     assert failures == {}, f"KILL_SEED={seed}: {failures}"
     assert sum(p.killed_outcome == "killed" for p in points) >= count * 2 // 3, "too few points were really kills"
 
 
-def test_random_kill_points(world: World, tmp_path: Path) -> None:
-    _random_kills(world, tmp_path, count=30, workers=6)
+def test_random_kill_points(world: World, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    _random_kills(world, tmp_path, terminal(request), count=30, workers=6)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_random_kill_points_long(world: World, tmp_path: Path) -> None:
-    _random_kills(world, tmp_path, count=150, workers=5)
+def test_random_kill_points_long(world: World, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    _random_kills(world, tmp_path, terminal(request), count=150, workers=5)
 
 
 # --- duplicates, overwrites, concurrency ------------------------------------------------------------

@@ -27,6 +27,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from local import stack
 from local.runner import EventSourceRunner, InvocationRecord, MappingConfig, StopPolicy
 from local.sandbox import FunctionConfig
 from tests.support import archives
+from tests.support.report import terminal
 from tests.support.s3events import Uploaded, upload
 
 pytestmark = [pytest.mark.servers]
@@ -90,18 +92,18 @@ def moto_style_notification(bucket: str, obj: Uploaded) -> str:
                "object": {"key": quote_plus(obj.key), "size": len(obj.body), "eTag": obj.etag}}}]})
 
 
-def run_load(load: Load, tmp_path: Path) -> None:
+def run_load(load: Load, tmp_path: Path, say: Callable[[str], None] = print) -> None:
     started = time.monotonic()
     state_dir = tmp_path / "stack"
     state = stack.up(stack.StackConfig(function_timeout_s=load.function_timeout_s,
                                        visibility_timeout_s=load.visibility_timeout_s), state_dir=state_dir)
     try:
-        _run(load, state, tmp_path, started)
+        _run(load, state, tmp_path, started, say)
     finally:
         stack.down(state_dir=state_dir)
 
 
-def _run(load: Load, state: stack.StackState, tmp_path: Path, started: float) -> None:
+def _run(load: Load, state: stack.StackState, tmp_path: Path, started: float, say: Callable[[str], None]) -> None:
     resources = state.resources
     bucket = resources["landing_bucket"]
     sqs = state.aws_client("sqs", max_pool=load.concurrency + 8)
@@ -163,7 +165,7 @@ def _run(load: Load, state: stack.StackState, tmp_path: Path, started: float) ->
     unexpected = [k for k in per_key if k not in expected]
     wrong_bytes = [k for k, o in expected.items() if k in digests and digests[k] != {o.sha256}]
     depth = {label: _depth(sqs, resources[url]) for label, url in (("queue", "queue_url"), ("dlq", "dlq_url"))}
-    print(f"\nload: {load.objects} objects, {duplicates_sent} duplicate notifications, {load.concurrency} runners: "
+    say(f"load: {load.objects} objects, {duplicates_sent} duplicate notifications, {load.concurrency} runners: "
           f"{len(summary.records)} invocations ({dict(summary.outcomes)}), {len(scanned.archives)} archives, "
           f"{summary.messages_acked} messages acknowledged, {summary.messages_failed} failed and redelivered; "
           f"DuplicatesSkipped {summary.metrics.get('DuplicatesSkipped', 0):.0f}; "
@@ -187,16 +189,16 @@ def _depth(sqs: Any, url: str) -> int:
 
 
 @pytest.mark.timeout(300)
-def test_load_1000_objects_with_duplicates(tmp_path: Path) -> None:
+def test_load_1000_objects_with_duplicates(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     run_load(Load(objects=1000, concurrency=3, immediate_duplicates=10, resends=25, function_timeout_s=30,
-                  visibility_timeout_s=15), tmp_path)
+                  visibility_timeout_s=15), tmp_path, terminal(request))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(6000)
-def test_load_20000_objects_with_duplicates(tmp_path: Path) -> None:
+def test_load_20000_objects_with_duplicates(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     # The queue is filled first: moto serves uploads, SQS and DynamoDB from one process, and
     # overlapping them slows everything down (its TransactWriteItems copies the whole table).
     run_load(Load(objects=20_000, concurrency=4, batch_size=500, immediate_duplicates=300, resends=300,
                   resend_times=3, function_timeout_s=180, visibility_timeout_s=240, upload_threads=16,
-                  overlap=False, max_s=5400), tmp_path)
+                  overlap=False, max_s=5400), tmp_path, terminal(request))
