@@ -515,6 +515,9 @@ class CountingClaims:
     def release(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed(self._store.release, *args, **kwargs)
 
+    def still_ours(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(self._store.still_ours, *args, **kwargs)
+
 
 @dataclass(frozen=True)
 class HandlerWorld:
