@@ -101,6 +101,8 @@ if TYPE_CHECKING:
         WriteRequestTypeDef,
     )
 
+    from aggregator.dynamodb import DynamoDBJsonClient
+
     _Item = Mapping[str, UniversalAttributeValueTypeDef]
 
 IN_PROGRESS = "IN_PROGRESS"
@@ -207,7 +209,7 @@ class ClaimStore:
 
     def __init__(
         self,
-        client: DynamoDBClient,
+        client: DynamoDBClient | DynamoDBJsonClient,
         table_name: str,
         *,
         ttl_seconds: int,

@@ -38,7 +38,11 @@ import threading
 from typing import TYPE_CHECKING
 
 import boto3
+import botocore
 from botocore.config import Config
+from botocore.httpsession import get_cert_path
+
+from aggregator.dynamodb import DynamoDBJsonClient
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
@@ -86,6 +90,22 @@ def _aws_config(*, max_pool: int) -> Config:
 
 def dynamodb_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBClient:
     return session.client("dynamodb", config=_aws_config(max_pool=max_pool))
+
+
+def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBJsonClient:
+    """The claim store's DynamoDB client (see :mod:`aggregator.dynamodb` for why not boto3's).
+
+    Endpoint and region are the ones a boto3 client resolves from the same session
+    (``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_REGION`` ...), credentials the session's own
+    (refreshed as they expire), and the CA bundle ``AWS_CA_BUNDLE`` or the SDK's default.
+    """
+    resolved = session.client("dynamodb", config=_aws_config(max_pool=1))
+    ca_bundle: str | None = session._session.get_config_variable("ca_bundle")  # no public accessor
+    return DynamoDBJsonClient(
+        endpoint_url=resolved.meta.endpoint_url, region=resolved.meta.region_name,
+        credentials=session.get_credentials(), verify=ca_bundle or str(get_cert_path(True)), max_pool=max_pool,
+        connect_timeout=_AWS_CONNECT_TIMEOUT, read_timeout=_AWS_READ_TIMEOUT,
+        user_agent=f"aggregator-claims botocore/{botocore.__version__}")
 
 
 def secretsmanager_client(session: boto3.session.Session) -> SecretsManagerClient:

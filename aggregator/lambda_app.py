@@ -84,7 +84,7 @@ def _route_all_logging_through_json() -> None:
 def build_dependencies(settings: Settings) -> Dependencies:
     session = clients.aws_session(region=settings.aws_region)
     pool = settings.max_fetch_workers + 4
-    claims = ClaimStore(clients.dynamodb_client(session, max_pool=pool), settings.idempotency_table_name,
+    claims = ClaimStore(clients.claims_client(session, max_pool=pool), settings.idempotency_table_name,
                         ttl_seconds=settings.idempotency_ttl_seconds)
     provider = MinioSecretProvider(clients.secretsmanager_client(session), settings.minio_secret_id,
                                    max_age_seconds=SECRET_MAX_AGE_SECONDS)

@@ -574,7 +574,7 @@ class HandlerWorld:
         ``build_dependencies`` builds it, wrapped to count its client CPU."""
         settings = deps.settings
         with self._environment():
-            client = clients.dynamodb_client(clients.aws_session(), max_pool=settings.max_fetch_workers + 4)
+            client = clients.claims_client(clients.aws_session(), max_pool=settings.max_fetch_workers + 4)
         store = ClaimStore(client, table, ttl_seconds=settings.idempotency_ttl_seconds)
         deps.claims = CountingClaims(store)  # type: ignore[assignment]
 
