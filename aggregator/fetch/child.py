@@ -68,7 +68,7 @@ def _run(job: dict[str, Any], out_fd: int, cancel: threading.Event) -> None:
     pending: list[bytes] = []  # frames of small results, written together
     pending_bytes = 0
     with running_engine(job["refs"], source=job["source"], workers=job["workers"], queue_depth=job["queue_depth"],
-                        stream_threshold=job["stream_threshold"], cancel=cancel, in_child=True) as engine:
+                        stream_threshold=job["stream_threshold"], cancel=cancel) as engine:
         for local, result in engine.indexed_results():
             index = indices[local]
             if isinstance(result, Fetched):
