@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from aggregator.archive.manifest import read_manifest
-from aggregator.archive.writer import ArchiveWriter
+from aggregator.archive.writer import ArchiveWriter, stored_size_bound
 from aggregator.base.errors import (
     AggregatorError,
     FetchError,
@@ -271,7 +271,7 @@ def _archive_and_publish(mine: list[str], *, held: set[str], work: _Work, deps: 
     refs = [work.refs[oid] for oid in mine]
     pending = {object_id(ref): ref.size or 0 for ref in refs}  # upper bound of what is left to write
     tally = _Tally()
-    with ArchiveSpool(max_memory=settings.spool_max_memory_bytes,
+    with ArchiveSpool(max_memory=settings.spool_max_memory_bytes, expected_size=archive_size_bound(refs),
                       still_to_write=lambda: sum(pending.values())) as spool:
         refs, too_big = _admit(refs, capacity=spool.capacity())
         if too_big:
@@ -437,6 +437,14 @@ def _release(ids: Iterable[str], *, claims: ClaimStore, owner: str, log: Logger)
 
 def _time_left(deps: Dependencies, deadline: float) -> float:
     return deadline - deps.clock()
+
+
+def archive_size_bound(refs: list[ObjectRef]) -> int | None:
+    """An upper bound of the archive of ``refs`` from their events' sizes (None: unknown)."""
+    if any(ref.size is None for ref in refs):
+        return None
+    return stored_size_bound((ref.size or 0, len(ref.bucket) + len(ref.key.encode("utf-8", "surrogatepass")))
+                             for ref in refs)
 
 
 def _admit(refs: list[ObjectRef], *, capacity: int) -> tuple[list[ObjectRef], list[ObjectRef]]:

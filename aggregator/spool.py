@@ -3,7 +3,10 @@
 The archive must be complete (and its SHA-256 known) before the upload starts, so that
 publishing is atomic. Small archives never touch the disk; big ones spill to /tmp, whose
 free space is checked against what is still to be written, so that a full disk fails the
-batch clearly and early instead of as a half-written archive.
+batch clearly and early instead of as a half-written archive. A batch whose archive is
+known to be bigger than the memory allowance (its events give the objects' sizes) goes to
+disk at once: filling the memory first would only raise the peak RSS by that much before
+the spill moved it out.
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ class ArchiveSpool:
 
     ``still_to_write`` is an upper bound of the bytes yet to come (the sources' sizes;
     compression only shrinks them); the disk check uses it once the spool is on disk.
+    ``expected_size``, an upper bound of the whole archive when known, sends it to disk at
+    once when it exceeds ``max_memory``.
     """
 
-    def __init__(self, *, max_memory: int, directory: str | None = None,
+    def __init__(self, *, max_memory: int, directory: str | None = None, expected_size: int | None = None,
                  still_to_write: Callable[[], int] = lambda: 0,
                  free_space: Callable[[str], int] = free_bytes) -> None:
         self.directory = directory or tempfile.gettempdir()
+        if expected_size is not None and expected_size > max_memory:
+            max_memory = 0
         self._max_memory = max_memory
         # max_size=0 would mean "never spill" to SpooledTemporaryFile: 0 here means disk at once.
         self._file: BinaryIO = (

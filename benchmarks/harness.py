@@ -47,6 +47,7 @@ from aggregator.claims import ClaimStore
 from aggregator.credentials import MinioSecret
 from aggregator.delivery import publish_archive
 from aggregator.fetch import SourceConfig, fetch_objects, source_config_from_client
+from aggregator.pipeline import archive_size_bound
 from aggregator.spool import ArchiveSpool
 from tests.support.tables import create_claims_table
 
@@ -431,7 +432,8 @@ def run_engine(refs: Sequence[ObjectRef], *, source: SourceConfig, minio: Any, b
     archived = 0
     input_bytes = 0
     cancel = threading.Event()
-    with ArchiveSpool(max_memory=config.spool_max_memory, still_to_write=lambda: sum(pending.values())) as spool:
+    with ArchiveSpool(max_memory=config.spool_max_memory, expected_size=archive_size_bound(list(refs)),
+                      still_to_write=lambda: sum(pending.values())) as spool:
         spool.ensure_room(sum(pending.values()))
         with ArchiveWriter(spool, codec=config.codec, level=config.level, threads=config.zstd_threads,
                            archive_id=archive_id, created_at=created_at) as writer:

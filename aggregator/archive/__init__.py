@@ -10,7 +10,7 @@ from aggregator.archive.codecs import CODECS, EXTENSIONS, open_compressor, open_
 from aggregator.archive.errors import ArchiveReadError, SizeMismatch, UnarchivableKey, WriterBroken, WriterClosed
 from aggregator.archive.hashing import HashingWriter
 from aggregator.archive.manifest import MANIFEST_NAME, ManifestEntry, manifest_bytes, read_manifest
-from aggregator.archive.writer import ArchiveSummary, ArchiveWriter
+from aggregator.archive.writer import ArchiveSummary, ArchiveWriter, stored_size_bound
 
 __all__ = [
     "CODECS",
@@ -29,4 +29,5 @@ __all__ = [
     "open_compressor",
     "open_decompressor",
     "read_manifest",
+    "stored_size_bound",
 ]

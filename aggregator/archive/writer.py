@@ -24,10 +24,21 @@ from aggregator.archive.codecs import Sink, open_compressor
 from aggregator.archive.errors import SizeMismatch, UnarchivableKey, WriterBroken, WriterClosed
 from aggregator.archive.hashing import HashingWriter
 from aggregator.archive.manifest import MANIFEST_NAME, ManifestEntry, manifest_bytes
-from aggregator.archive.tarstream import TarStream
+from aggregator.archive.tarstream import BLOCK, RECORD, TarStream
 from aggregator.base.errors import FetchError
 from aggregator.base.names import MemberNames
 from aggregator.base.objects import Fetched, Streamed
+
+
+def stored_size_bound(members: Iterable[tuple[int, int]]) -> int:
+    """At most how many bytes an archive of these members stores, each given as (data
+    size, UTF-8 length of its bucket and key): headers (a pax one for a long name), padding,
+    the member name escaped at worst three times longer, its manifest entry (JSON-escaped at
+    worst six times longer), the trailer, and what a codec adds to incompressible data."""
+    total = 16 * RECORD
+    for size, name_length in members:
+        total += size + 3 * BLOCK + 2 * BLOCK + 9 * name_length + 512
+    return total + total // 512
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,9 @@ frees one. Slots also park while the bodies waiting add up to ``BUFFER_BYTES`` (
 just under ``stream_threshold`` must not fill a Lambda's memory). A large object (over
 ``stream_threshold``) is handed over as soon as its head arrives; its body stays in the
 socket under HTTP flow control (a window of ``chunk_size`` bytes) and moves only as fast
-as the consumer reads it.
+as the consumer reads it. At most ``MAX_OPEN_STREAMS`` large objects are open at once (the
+events give the sizes; a head larger than its event said is counted when it arrives): the
+writer reads one at a time, and each open one holds its first window.
 
 Timeline of one object on its slot::
 
@@ -50,6 +52,9 @@ _CANCELLED = object()
 _TICK = 0.1  # seconds between cancel and watchdog checks
 _POLL = 0.5  # the consumer's longest wait before it checks the cancel event itself
 BUFFER_BYTES = 64 << 20  # whole bodies waiting for the consumer before the slots pause
+# Large objects open at once. The writer reads one stream at a time and each waiting one
+# holds its first window (~2 MiB with the CRT's buffer): two keep the next one ready.
+MAX_OPEN_STREAMS = 2
 
 
 class FetchCancelled(FetchError):
@@ -80,6 +85,8 @@ class Engine:
         self._buffered = 0  # bytes of whole bodies delivered and not yet taken
         self._buffer_limit = max(BUFFER_BYTES, stream_threshold)
         self._parked: list[_Slot] = []
+        self._large_open = 0  # jobs of large objects started and not ended
+        self._large_waiting: deque[tuple[_Slot, int]] = deque()  # their slots, with the index each took
         self._undelivered = len(self._refs)
         self._cancelled = False
         self._out: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -164,24 +171,58 @@ class Engine:
     # -- slot state machine -----------------------------------------------------------
 
     def _advance(self, slot: _Slot) -> None:
-        """The slot is free: start its next object, or park it without a credit."""
+        """The slot is free: start its next object, or park it without a credit (or, for a
+        large object, until fewer than ``MAX_OPEN_STREAMS`` are open)."""
         with self._lock:
-            slot.job = None
-            if self._cancelled or self._next >= len(self._refs):
-                return
-            if self._credits == 0 or self._buffered >= self._buffer_limit:
-                self._parked.append(slot)
-                return
-            self._credits -= 1
-            index = self._next
-            self._next += 1
+            ended, slot.job = slot.job, None
+            resumed = self._stream_closed() if ended is not None and ended.large else None
+            index = self._take_next(slot)
+        if resumed is not None:
+            self._start(*resumed)
+        if index is not None:
+            self._start(slot, index)
+
+    def _take_next(self, slot: _Slot) -> int | None:
+        """Under the lock: the index this slot starts now, if any."""
+        if self._cancelled or self._next >= len(self._refs):
+            return None
+        if self._credits == 0 or self._buffered >= self._buffer_limit:
+            self._parked.append(slot)
+            return None
+        self._credits -= 1
+        index = self._next
+        self._next += 1
+        size = self._refs[index].size
+        if size is not None and size > self._threshold:  # the event says: a stream
+            if self._large_open >= MAX_OPEN_STREAMS:
+                self._large_waiting.append((slot, index))
+                return None
+            self._large_open += 1
+        return index
+
+    def _stream_closed(self) -> tuple[_Slot, int] | None:
+        """Under the lock: a large job ended; the waiting one that may start now, if any."""
+        self._large_open -= 1
+        if self._large_waiting and not self._cancelled:
+            self._large_open += 1
+            return self._large_waiting.popleft()
+        return None
+
+    def _start(self, slot: _Slot, index: int) -> None:
         ref = self._refs[index]
+        large = ref.size is not None and ref.size > self._threshold
         try:
             job = _Job(index, ref, protocol.target(self._endpoint, ref, virtual=self._virtual))
         except Exception as e:  # an unencodable key: this object alone fails
+            if large:
+                with self._lock:
+                    resumed = self._stream_closed()
+                if resumed is not None:
+                    self._start(*resumed)
             self._deliver(index, Failed(ref, FetchError(f"cannot build the GET for {_name(ref)}: {e}")))
             self._advance(slot)
             return
+        job.large = large
         slot.job = job
         self._try(slot, job)
 
@@ -263,6 +304,10 @@ class Engine:
             raise protocol.BadResponse(mismatch)
         job.head = head
         if head.size > self._threshold:
+            if not job.large:  # its event said less: count it now
+                with self._lock:
+                    self._large_open += 1
+                job.large = True
             state = _StreamState(self, job, attempt.stream)
             job.stream = state
             self._deliver(job.index, Streamed(job.ref, head, _Chunks(state)))
@@ -403,6 +448,7 @@ class Engine:
             already = self._cancelled
             self._cancelled = True
             self._parked.clear()
+            self._large_waiting.clear()
         if already:
             return
         for slot in self._slots:
@@ -453,7 +499,7 @@ class _Slot:
 
 
 class _Job:
-    __slots__ = ("failures", "head", "index", "ref", "resume_mark", "resumes", "stream", "target")
+    __slots__ = ("failures", "head", "index", "large", "ref", "resume_mark", "resumes", "stream", "target")
 
     def __init__(self, index: int, ref: ObjectRef, target: Target) -> None:
         self.index = index
@@ -464,6 +510,7 @@ class _Job:
         self.resume_mark = 0
         self.head: ObjectHead | None = None
         self.stream: _StreamState | None = None
+        self.large = False  # counted in Engine._large_open
 
 
 class _Attempt:

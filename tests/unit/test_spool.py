@@ -43,3 +43,15 @@ def test_the_disk_is_rechecked_while_writing(tmp_path) -> None:
         with pytest.raises(OutOfSpace):
             for _ in range(10):
                 spool.write(b"\0" * (2 << 20))
+
+
+def test_an_archive_known_to_be_too_big_for_memory_goes_to_disk_at_once(tmp_path) -> None:
+    with ArchiveSpool(max_memory=1024, directory=str(tmp_path), expected_size=4096,
+                      free_space=lambda _: 100 << 20) as spool:
+        spool.write(b"x" * 10)
+        assert spool.on_disk and spool._file.fileno() >= 0
+        assert spool.capacity() == (100 << 20) - (16 << 20)  # the disk less its headroom, no memory share
+        assert spool.rewind().read() == b"x" * 10
+    with ArchiveSpool(max_memory=1024, directory=str(tmp_path), expected_size=1024) as fits:
+        fits.write(b"x" * 10)
+        assert not fits.on_disk

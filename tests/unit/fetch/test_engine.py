@@ -406,3 +406,39 @@ def test_waiting_bodies_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) ->
         time.sleep(0.2)
         assert len(s3.requests) <= 3 + 2  # 12,000 bytes waiting stop the slots; two were in flight
         assert sum(1 for _ in eng.results()) == 50
+
+
+def _open_streams(eng: Engine) -> int:
+    return sum(1 for slot in eng._slots if slot.job is not None and slot.job.stream is not None
+               and not slot.job.stream.finished)
+
+
+@pytest.mark.parametrize("sizes_in_events", ["true", "understated"])
+def test_at_most_two_large_objects_are_open_at_once(sizes_in_events: str) -> None:
+    # Eight workers, six large objects among small ones: with true sizes in the events the
+    # writer finds at most MAX_OPEN_STREAMS streams open; with understated ones the limit
+    # cannot act before the heads arrive, but the count stays right and nothing is lost.
+    from aggregator.fetch.engine import MAX_OPEN_STREAMS
+
+    s3 = FakeS3(chunk=16 * 1024)
+    bodies = {f"big{i}": bytes([i]) * 300_000 for i in range(6)} | {f"s{i}": b"s" * 100 for i in range(10)}
+    for key, body in bodies.items():
+        s3.put("b", key, body)
+    refs = [ref_for(s3, key) for key in bodies]
+    if sizes_in_events == "understated":
+        refs = [ObjectRef(r.bucket, r.key, 10, r.etag, r.version_id, r.sequencer) for r in refs]
+    seen: dict[str, bytes] = {}
+    most_open = 0
+    with engine(s3, refs, workers=8, threshold=100_000) as eng:
+        for result in eng.results():
+            time.sleep(0.02)  # let every slot that can start do so
+            most_open = max(most_open, _open_streams(eng))
+            if isinstance(result, Streamed):
+                seen[result.ref.key] = b"".join(result.chunks)
+            else:
+                assert isinstance(result, Fetched)
+                seen[result.ref.key] = result.body
+        assert eng._large_open == 0 and not eng._large_waiting
+    assert seen == bodies
+    if sizes_in_events == "true":
+        assert most_open == MAX_OPEN_STREAMS
