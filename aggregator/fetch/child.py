@@ -17,6 +17,7 @@ import threading
 from typing import IO, Any
 
 from aggregator.base.errors import FetchError
+from aggregator.base.events import ObjectRef
 from aggregator.base.objects import Failed, Fetched, Missing, Streamed
 from aggregator.fetch import frames
 from aggregator.fetch.local import running_engine
@@ -67,7 +68,8 @@ def _run(job: dict[str, Any], out_fd: int, cancel: threading.Event) -> None:
     encode = frames.encode
     pending: list[bytes] = []  # frames of small results, written together
     pending_bytes = 0
-    with running_engine(job["refs"], source=job["source"], workers=job["workers"], queue_depth=job["queue_depth"],
+    refs = [ObjectRef(*fields) for fields in job["refs"]]
+    with running_engine(refs, source=job["source"], workers=job["workers"], queue_depth=job["queue_depth"],
                         stream_threshold=job["stream_threshold"], cancel=cancel) as engine:
         for local, result in engine.indexed_results():
             index = indices[local]

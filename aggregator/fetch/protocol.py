@@ -10,8 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from aggregator.base.events import ObjectRef
@@ -96,13 +95,31 @@ class BadResponse(ValueError):
     """A 2xx response whose headers do not describe what was asked for."""
 
 
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
+
+
+def http_date(value: str) -> datetime:
+    """An HTTP date. S3 sends the IMF-fixdate form (``Thu, 26 Nov 2026 15:13:35 GMT``),
+    read here directly (~1 us, where ``email.utils`` takes ~3 us and ~10 ms to import in
+    every fetch process); any other form goes through ``email.utils``."""
+    parts = value.split()
+    if len(parts) == 6 and parts[5] == "GMT" and len(parts[4]) == 8 and parts[2] in _MONTHS:
+        hour, minute, second = parts[4].split(":")
+        return datetime(int(parts[3]), _MONTHS[parts[2]], int(parts[1]), int(hour), int(minute), int(second),
+                        tzinfo=UTC)
+    from email.utils import parsedate_to_datetime
+
+    return parsedate_to_datetime(value)
+
+
 def parse_head(headers: list[tuple[str, str]]) -> ObjectHead:
     """The object's head from a 200 response's headers."""
     fields = header_map(headers)
     try:
         size = int(fields["content-length"])
-        modified = parsedate_to_datetime(fields["last-modified"])
-    except (KeyError, ValueError, TypeError) as e:
+        modified = http_date(fields["last-modified"])
+    except (KeyError, ValueError, TypeError, IndexError) as e:
         raise BadResponse(f"response lacks a valid {e.__class__.__name__} Content-Length or Last-Modified") from e
     if modified.tzinfo is None:
         modified = modified.replace(tzinfo=UTC)

@@ -2,8 +2,9 @@
 
 On Lambda, creating a ``multiprocessing`` semaphore fails with ``OSError(38, "Function not
 implemented")``: ``Queue``, ``Pool``, ``Lock``, ``Event`` and ``Value`` all need one. Here
-that failure is simulated in the parent (monkeypatch) and in every child (a
-``sitecustomize`` on PYTHONPATH), and a two-process fetch still runs end to end.
+that failure is simulated in the parent (monkeypatch) and in every child (the children
+are started through a wrapper interpreter that disables SemLock, then runs the child's
+real bootstrap), and a two-process fetch still runs end to end.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import _multiprocessing
 import multiprocessing
 import multiprocessing.synchronize
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,10 @@ from tests.support.servers import MotoServer
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(180)]
 
-SITECUSTOMIZE = """
-import os, _multiprocessing
+# Stands in for sys.executable: started as ``wrapper -I -S -c BOOTSTRAP CTRL OUT`` like the
+# real interpreter, it makes SemLock fail, leaves a marker, then runs the bootstrap.
+WRAPPER = """#!{python} -IS
+import os, sys, _multiprocessing
 
 class _NoSemLock:
     def __init__(self, *args, **kwargs):
@@ -36,6 +40,11 @@ class _NoSemLock:
 _multiprocessing.SemLock = _NoSemLock
 with open(os.path.join({marker_dir!r}, f"child-{{os.getpid()}}"), "w") as f:
     f.write("SemLock disabled")
+flags = [a for a in sys.argv[1:] if a in ("-I", "-S")]
+assert flags == ["-I", "-S"] and sys.argv[3] == "-c", sys.argv
+code = sys.argv[4]
+sys.argv = ["-c"] + sys.argv[5:]
+exec(compile(code, "<bootstrap>", "exec"), {{"__name__": "__main__"}})
 """
 
 
@@ -49,12 +58,12 @@ def no_semlock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """SemLock creation fails here and in every child interpreter; returns the marker dir."""
     monkeypatch.setattr(_multiprocessing, "SemLock", _NoSemLock)
     monkeypatch.setattr(multiprocessing.synchronize, "SemLock", _NoSemLock, raising=False)
-    site = tmp_path / "site"
-    site.mkdir()
     markers = tmp_path / "markers"
     markers.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(marker_dir=str(markers)))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    wrapper = tmp_path / "python-without-semlock"
+    wrapper.write_text(WRAPPER.format(python=sys.executable, marker_dir=str(markers)))
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
     with pytest.raises(OSError, match="not implemented"):
         multiprocessing.Lock()  # the simulation works: what Lambda would say
     return markers
@@ -153,10 +162,10 @@ def test_a_child_that_cannot_start_fails_its_objects_with_its_words(moto_server:
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An interpreter that dies before it reports anything: every object it had is Failed,
     quoting what it wrote to stderr (which never reaches the function's own output)."""
-    site = tmp_path / "broken"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text("raise SystemExit('cannot start: simulated')\n")
-    monkeypatch.setenv("PYTHONPATH", str(site))
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'cannot start: simulated' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(broken))
     refs = [ObjectRef("b", f"k{i}", 1, "e", None, None) for i in range(4)]
     source = SourceConfig(moto_server.endpoint_url, "eu-west-2", "testing", "testing", None)
     with fetch_objects(refs, source=source, workers=2, processes=2, queue_depth=2) as results:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.base.events import ObjectRef
 from aggregator.base.objects import ObjectHead
@@ -185,3 +188,22 @@ def test_source_config_validates_and_hides_secrets() -> None:
         SourceConfig("ftp://x", "eu-west-2", "a", "b", None)
     with pytest.raises(ConfigError):
         SourceConfig("http://x", "eu-west-2", "a", "b", None, addressing_style="auto")
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31)))
+def test_http_dates_read_like_the_standard_library(moment: datetime) -> None:
+    text = format_datetime(moment.replace(microsecond=0, tzinfo=UTC), usegmt=True)
+    assert protocol.http_date(text) == parsedate_to_datetime(text)
+
+
+@pytest.mark.parametrize("text", ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
+                                  "Tue, 04 Mar 2025 05:06:07 +0000"])
+def test_other_http_date_forms_fall_back_to_the_standard_library(text: str) -> None:
+    assert protocol.http_date(text).replace(tzinfo=None) == parsedate_to_datetime(text).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("text", ["Thu, 31 Nov 2026 15:13:35 GMT", "Thu, 26 Nov 2026 25:13:35 GMT", "", "soon"])
+def test_impossible_http_dates_are_refused(text: str) -> None:
+    with pytest.raises((ValueError, TypeError, IndexError)):
+        protocol.http_date(text)
