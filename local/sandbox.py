@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from local.json_lines import JsonLines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -139,8 +140,7 @@ class Sandbox:
         self.invocations = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._requests: IO[bytes] | None = None
-        self._responses: int | None = None
-        self._buffer = b""
+        self._responses: JsonLines | None = None
         self._reader: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -185,8 +185,7 @@ class Sandbox:
             os.close(request_read)
             os.close(response_write)
         self._requests = os.fdopen(request_write, "wb")
-        self._responses = response_read
-        self._buffer = b""
+        self._responses = JsonLines(response_read)
         self._reader = threading.Thread(target=self._pump_logs, args=(self._process.stdout,),
                                         name=f"{self.label}-logs", daemon=True)
         self._reader.start()
@@ -221,7 +220,7 @@ class Sandbox:
                 self._requests.close()
             self._requests = None
         if self._responses is not None:
-            os.close(self._responses)
+            self._responses.close()
             self._responses = None
         if self._reader is not None:
             self._reader.join(timeout=5)
@@ -294,22 +293,8 @@ class Sandbox:
                           cold_start=cold, result=result, error=error, max_memory_mb=memory)
 
     def _read_response(self, deadline: float) -> dict[str, Any] | None:
-        """The next JSON line from the child; None at the deadline, {} if the child died."""
         assert self._responses is not None
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            readable, _, _ = select.select([self._responses], [], [], remaining)
-            if not readable:
-                continue
-            chunk = os.read(self._responses, 1 << 16)
-            if not chunk:
-                return {}
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        message: dict[str, Any] = json.loads(line)
-        return message
+        return self._responses.read(deadline)
 
     def _max_memory_mb(self) -> int | None:
         # VmHWM of the child itself (FIELD-NOTES: ru_maxrss would include the parent).

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 MANIFEST = "MANIFEST.json"
 EXTENSIONS = {".tar.zst": "zstd", ".tar.gz": "gzip", ".tar": "none"}
@@ -71,23 +71,88 @@ class Verification:
         return sum(a.objects for a in self.archives)
 
 
-def open_decompressor(codec: str, source: BinaryIO) -> BinaryIO:
-    """The package's reader when it exists (it also detects truncated streams), else ours."""
-    try:
-        from aggregator.archive.codecs import open_decompressor as package_reader
-    except ImportError:
-        pass
-    else:
-        return package_reader(codec, source)
+@dataclass
+class Archive:
+    """One archive as read back: its manifest and members (MANIFEST.json left out)."""
+
+    key: str
+    codec: str
+    size: int  # stored bytes
+    manifest: dict[str, Any]
+    members: list[tuple[str, bytes]]  # (name, data), archive order
+    mtimes: list[int]  # each member's tar mtime, same order
+
+
+def decompress(codec: str, data: bytes) -> bytes:
+    """An independent reader (zstandard, gzip), not the package's own codecs."""
     if codec == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
     if codec == "gzip":
         import gzip
 
-        return cast(BinaryIO, gzip.GzipFile(fileobj=source, mode="rb"))
-    return source
+        return gzip.decompress(data)
+    return data
+
+
+def read_archive(minio: Any, bucket: str, key: str, *, prefix: str, problems: list[str]) -> Archive | None:
+    """Read ``key`` whole and check its form, every problem found going to ``problems``;
+    None when its members cannot even be told apart. Checks: the key's shape, ``sha256_checksum`` equal to the
+    SHA-256 of the stored bytes, a stream that decompresses whole into a tar that ends with
+    its end-of-archive blocks, POSIX (ustar/pax) regular-file members with unique names,
+    ``MANIFEST.json`` last, naming this archive and codec and listing the other members in
+    order with their sizes and hashes."""
+    codec = next((c for ext, c in EXTENSIONS.items() if key.endswith(ext)), None)
+    pattern = rf"{re.escape(prefix)}/\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/([^/]+?)(\.tar\.zst|\.tar\.gz|\.tar)"
+    shape = re.fullmatch(pattern, key)
+    if codec is None or shape is None:
+        problems.append(f"{key}: not of the form {prefix}/YYYY/MM/DD/HH/ID.tar[.zst|.gz]")
+        return None
+    answer = minio.get_object(Bucket=bucket, Key=key)
+    stored = answer["Body"].read()
+    checksum = answer.get("Metadata", {}).get("sha256_checksum")
+    if checksum != hashlib.sha256(stored).hexdigest():
+        # Reported, and read on: whatever else is wrong with it is worth saying too.
+        problems.append(f"{key}: sha256_checksum metadata {checksum!r} is missing or not the SHA-256 of the "
+                        "stored bytes")
+    raw = decompress(codec, stored)
+    members: list[tuple[str, bytes]] = []
+    mtimes: list[int] = []
+    end = 0
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        for info in tar:
+            if raw[info.offset + 257:info.offset + 265] != _POSIX_MAGIC:
+                problems.append(f"{key}: {info.name!r} has no POSIX ustar/pax header (GNU tar?)")
+            if not info.isfile():
+                problems.append(f"{key}: {info.name!r} is not a regular file")
+                continue
+            handle = tar.extractfile(info)
+            members.append((info.name, handle.read() if handle else b""))
+            mtimes.append(int(info.mtime))
+            end = info.offset_data + info.size + (-info.size % 512)
+    if raw[end:end + 1024] != bytes(1024) or len(raw) < end + 1024:
+        problems.append(f"{key}: no end-of-archive blocks after the last member (truncated)")
+    names = [name for name, _ in members]
+    if len(set(names)) != len(names):
+        problems.append(f"{key}: duplicate member names")
+    if not members or names[-1] != MANIFEST:
+        problems.append(f"{key}: {MANIFEST} is not the last member")
+        return None
+    manifest = json.loads(members[-1][1])
+    objects = manifest.get("objects", [])
+    if manifest.get("archive_id") != shape.group(1):
+        problems.append(f"{key}: manifest archive_id {manifest.get('archive_id')!r} differs from the key")
+    if manifest.get("codec") != codec:
+        problems.append(f"{key}: manifest codec {manifest.get('codec')!r}, key says {codec}")
+    if [o.get("member") for o in objects] != names[:-1]:
+        problems.append(f"{key}: the manifest does not list the members in archive order")
+        return None
+    for (name, data), entry in zip(members[:-1], objects, strict=True):
+        if entry.get("size") != len(data) or entry.get("sha256") != hashlib.sha256(data).hexdigest():
+            problems.append(f"{key}: {name!r}: size or sha256 differ from the manifest")
+    return Archive(key=key, codec=codec, size=len(stored), manifest=manifest, members=members[:-1],
+                   mtimes=mtimes[:-1])
 
 
 def verify_archives(*, minio: Any, archive_bucket: str, prefix: str, source_s3: Any, source_bucket: str,
@@ -123,63 +188,24 @@ def verify_archives(*, minio: Any, archive_bucket: str, prefix: str, source_s3: 
 
 def _verify_one(minio: Any, bucket: str, key: str, prefix: str, source_s3: Any,
                 source_hashes: dict[tuple[str, str | None, str | None], str], result: Verification) -> None:
-    problems = result.problems
-    codec = next((c for ext, c in EXTENSIONS.items() if key.endswith(ext)), None)
-    match = re.fullmatch(rf"{re.escape(prefix)}/\d{{4}}/\d{{2}}/\d{{2}}/\d{{2}}/([^/]+?)(\.tar\.zst|\.tar\.gz|\.tar)",
-                         key)
-    if codec is None or match is None:
-        problems.append(f"{key}: not of the form {prefix}/YYYY/MM/DD/HH/ID.tar[.zst|.gz]")
+    archive = read_archive(minio, bucket, key, prefix=prefix, problems=result.problems)
+    if archive is None:
         return
-    response = minio.get_object(Bucket=bucket, Key=key)
-    stored = response["Body"].read()
-    checksum = response.get("Metadata", {}).get("sha256_checksum")
-    if checksum != hashlib.sha256(stored).hexdigest():
-        problems.append(f"{key}: sha256_checksum metadata {checksum!r} is not the SHA-256 of its bytes")
-
-    raw = open_decompressor(codec, io.BytesIO(stored)).read()
-    members: list[tuple[tarfile.TarInfo, bytes]] = []
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-        for info in tar:
-            if raw[info.offset + 257:info.offset + 265] != _POSIX_MAGIC:
-                problems.append(f"{key}: member {info.name!r} has no POSIX ustar/pax header (GNU tar?)")
-            if not info.isfile():
-                problems.append(f"{key}: member {info.name!r} is not a regular file")
-                continue
-            handle = tar.extractfile(info)
-            members.append((info, handle.read() if handle else b""))
-    names = [info.name for info, _ in members]
-    if len(set(names)) != len(names):
-        problems.append(f"{key}: duplicate member names")
-    if not members or names[-1] != MANIFEST:
-        problems.append(f"{key}: {MANIFEST} is not the last member")
-        return
-    manifest = json.loads(members[-1][1])
-    objects = manifest.get("objects", [])
-    if manifest.get("archive_id") != match.group(1):
-        problems.append(f"{key}: manifest archive_id {manifest.get('archive_id')!r} differs from the key")
-    if manifest.get("codec") != codec:
-        problems.append(f"{key}: manifest codec {manifest.get('codec')!r}, key says {codec}")
-    if [o.get("member") for o in objects] != names[:-1]:
-        problems.append(f"{key}: manifest objects do not list the members in archive order")
-        return
-
-    member_bytes = 0
-    for (info, data), entry in zip(members[:-1], objects, strict=True):
-        where = f"{key}: {info.name!r}"
-        digest = hashlib.sha256(data).hexdigest()
-        member_bytes += len(data)
-        if entry.get("size") != len(data) or entry.get("sha256") != digest:
-            problems.append(f"{where}: size or sha256 differ from the manifest")
+    objects = archive.manifest.get("objects", [])
+    for (name, data), mtime, entry in zip(archive.members, archive.mtimes, objects, strict=True):
+        where = f"{key}: {name!r}"
         last_modified = datetime.fromisoformat(str(entry.get("last_modified")))
-        if int(last_modified.timestamp()) != int(info.mtime):
-            problems.append(f"{where}: mtime {info.mtime} is not last_modified {entry.get('last_modified')}")
+        if int(last_modified.timestamp()) != mtime:
+            result.problems.append(f"{where}: mtime {mtime} is not last_modified {entry.get('last_modified')}")
         source = _source_sha256(source_s3, entry, source_hashes)
-        if source != digest:
-            problems.append(f"{where}: bytes differ from the source object version ({source})")
+        if source != hashlib.sha256(data).hexdigest():
+            result.problems.append(f"{where}: bytes differ from the source object version ({source})")
         result.copies[(entry.get("bucket"), entry.get("key"))] += 1
         result.entries.append(entry)
-    result.archives.append(ArchiveInfo(key=key, size=len(stored), codec=codec, objects=len(objects),
-                                       member_bytes=member_bytes, created_at=str(manifest.get("created_at"))))
+    result.archives.append(ArchiveInfo(
+        key=key, size=archive.size, codec=archive.codec, objects=len(objects),
+        member_bytes=sum(len(data) for _, data in archive.members),
+        created_at=str(archive.manifest.get("created_at"))))
 
 
 def _source_sha256(s3: Any, entry: Mapping[str, Any],

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from local.json_lines import JsonLines
 from tests.support.faults import Rule
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -132,8 +132,7 @@ class Function:
         self.process: subprocess.Popen[bytes] | None = None
         self.init_error: dict[str, Any] | None = None
         self._requests: Any = None
-        self._responses: int | None = None
-        self._buffer = b""
+        self._responses: JsonLines | None = None
         self.trace_path = self.log_dir / f"{self.name}.trace.jsonl"
         self.stdout_path = self.log_dir / f"{self.name}.stdout"
         self.stderr_path = self.log_dir / f"{self.name}.stderr"
@@ -156,7 +155,7 @@ class Function:
                 os.close(request_read)
                 os.close(response_write)
         self._requests = os.fdopen(request_write, "wb")
-        self._responses = response_read
+        self._responses = JsonLines(response_read)
         message = self._read(time.monotonic() + timeout_s)
         if message is None or message.get("type") not in ("ready", "init_error"):
             self.kill()
@@ -186,7 +185,7 @@ class Function:
             self.kill()
             self.process = None
         if self._responses is not None:
-            os.close(self._responses)
+            self._responses.close()
             self._responses = None
 
     @property
@@ -261,22 +260,8 @@ class Function:
 
     # -- pipes and files ------------------------------------------------------------------
     def _read(self, deadline: float) -> dict[str, Any] | None:
-        """The next JSON line from the child; None at the deadline, {} if the child died."""
         assert self._responses is not None
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            readable, _, _ = select.select([self._responses], [], [], remaining)
-            if not readable:
-                continue
-            chunk = os.read(self._responses, 1 << 16)
-            if not chunk:
-                return {}
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        message: dict[str, Any] = json.loads(line)
-        return message
+        return self._responses.read(deadline)
 
     def _trace(self, offset: int) -> list[dict[str, Any]]:
         if not self.trace_path.exists():
