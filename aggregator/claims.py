@@ -147,11 +147,15 @@ _RELEASE_NAMES = {"#s": "State", "#o": "Owner"}
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Bounded exponential backoff with jitter: ``attempts`` tries in all."""
+    """Bounded exponential backoff with jitter: ``attempts`` tries in all.
 
-    attempts: int = 5
+    The only retries of a request (the DynamoDB client sends each once): sized to ride out
+    a few seconds of throttling or 5xx (up to ~5 s of waits in all), not just a blip.
+    """
+
+    attempts: int = 8
     base: float = 0.05
-    cap: float = 1.0
+    cap: float = 2.0
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

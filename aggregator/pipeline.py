@@ -443,8 +443,8 @@ def archive_size_bound(refs: list[ObjectRef]) -> int | None:
     """An upper bound of the archive of ``refs`` from their events' sizes (None: unknown)."""
     if any(ref.size is None for ref in refs):
         return None
-    return stored_size_bound((ref.size or 0, len(ref.bucket) + len(ref.key.encode("utf-8", "surrogatepass")))
-                             for ref in refs)
+    return stored_size_bound((ref.size or 0, sum(len(text.encode("utf-8", "surrogatepass")) for text in (
+        ref.bucket, ref.key, ref.etag or "", ref.version_id or "", ref.sequencer or ""))) for ref in refs)
 
 
 def _admit(refs: list[ObjectRef], *, capacity: int) -> tuple[list[ObjectRef], list[ObjectRef]]:

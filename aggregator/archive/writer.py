@@ -32,9 +32,10 @@ from aggregator.base.objects import Fetched, Streamed
 
 def stored_size_bound(members: Iterable[tuple[int, int]]) -> int:
     """At most how many bytes an archive of these members stores, each given as (data
-    size, UTF-8 length of its bucket and key): headers (a pax one for a long name), padding,
-    the member name escaped at worst three times longer, its manifest entry (JSON-escaped at
-    worst six times longer), the trailer, and what a codec adds to incompressible data."""
+    size, UTF-8 length of the text its name and manifest entry carry: bucket, key, eTag,
+    version id, sequencer): headers (a pax one for a long name), padding, the member name
+    escaped at worst three times longer, the manifest entry (JSON-escaped at worst six
+    times longer), the trailer, and what a codec adds to incompressible data."""
     total = 16 * RECORD
     for size, name_length in members:
         total += size + 3 * BLOCK + 2 * BLOCK + 9 * name_length + 512

@@ -265,6 +265,9 @@ class Engine:
         self._send(slot, attempt.job, conn)
 
     def _send(self, slot: _Slot, job: _Job, conn: Connection) -> None:
+        if job.stream is not None and job.stream.abandoned:  # given up while we reconnected
+            self._advance(slot)
+            return
         attempt = _Attempt(self, slot, job, conn, self._clock())
         attempt.reused = slot.served > 0
         slot.attempt = attempt
@@ -282,6 +285,11 @@ class Engine:
 
     def _on_response(self, attempt: _Attempt) -> None:
         job = attempt.job
+        if job.stream is not None and job.stream.abandoned:
+            attempt.bad = "stream abandoned"
+            if attempt.conn is not None:
+                _quietly(attempt.conn.close)  # ends the attempt, and with it the job
+            return
         if attempt.status not in (200, 206):
             return  # an error body is small: it fits the initial window
         try:
@@ -469,7 +477,7 @@ class Engine:
             if attempt is None or attempt.conn is None or attempt.completed:
                 continue
             state = attempt.job.stream
-            if state is not None and state.buffered:
+            if state is not None and state.buffered and not state.abandoned:
                 attempt.last_progress = now  # waiting for the reader, not for the network
                 continue
             if now - attempt.last_progress > self._read_timeout:
@@ -479,12 +487,13 @@ class Engine:
     # Streams call these from the consumer thread.
 
     def _abandon(self, state: _StreamState) -> None:
-        slot_conn = None
+        # Closing the connection ends the job's current attempt (a reconnect in progress
+        # sends nothing: _send and _on_response check ``abandoned``), and the slot moves on.
         for slot in self._slots:
             if slot.job is state.job:
-                slot_conn = slot.conn
-        if slot_conn is not None:
-            _quietly(slot_conn.close)
+                attempt = slot.attempt
+                for conn in {id(c): c for c in (slot.conn, attempt.conn if attempt else None) if c}.values():
+                    _quietly(conn.close)
 
 
 class _Slot:

@@ -104,7 +104,7 @@ def http_date(value: str) -> datetime:
     read here directly (~1 us, where ``email.utils`` takes ~3 us and ~10 ms to import in
     every fetch process); any other form goes through ``email.utils``."""
     parts = value.split()
-    if len(parts) == 6 and parts[5] == "GMT" and len(parts[4]) == 8 and parts[2] in _MONTHS:
+    if len(parts) == 6 and parts[5] == "GMT" and len(parts[3]) == 4 and len(parts[4]) == 8 and parts[2] in _MONTHS:
         hour, minute, second = parts[4].split(":")
         return datetime(int(parts[3]), _MONTHS[parts[2]], int(parts[1]), int(hour), int(minute), int(second),
                         tzinfo=UTC)

@@ -162,6 +162,7 @@ def test_a_closed_port_is_a_connection_error() -> None:
     (Fault("delay", seconds=3.0), ReadTimeoutError),
     (Fault("drop"), ConnectionClosedError),
     (Fault("respond", status=200, headers=(("x-amz-crc32", "1"),), body=b"{}"), HTTPClientError),
+    (Fault("respond", status=200, headers=(("x-amz-crc32", "not-a-number"),), body=b"{}"), HTTPClientError),
     (Fault("respond", status=200, body=b"<html>a captive portal</html>"), HTTPClientError),
 ])
 def test_transport_failures_are_the_errors_the_claim_store_retries(moto_server: MotoServer, table: str,

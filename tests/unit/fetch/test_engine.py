@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, Strea
 from aggregator.fetch.engine import Engine, FetchCancelled
 from aggregator.fetch.retry import RetryPolicy
 from aggregator.fetch.source import SourceConfig
-from tests.unit.fetch.fake_s3 import MODIFIED, FakeS3, FakeTransport, Fault
+from tests.unit.fetch.fake_s3 import MODIFIED, FakeConnection, FakeS3, FakeTransport, Fault
 
 CHUNK = 64 * 1024
 FAST = RetryPolicy(attempts=5, resumes=3, base=0.001, throttled_base=0.002, cap=0.01)
@@ -442,3 +443,49 @@ def test_at_most_two_large_objects_are_open_at_once(sizes_in_events: str) -> Non
     assert seen == bodies
     if sizes_in_events == "true":
         assert most_open == MAX_OPEN_STREAMS
+
+
+def test_streams_abandoned_while_reconnecting_free_their_large_slots() -> None:
+    # Two large bodies break while nobody reads them; their slots reconnect slowly, and the
+    # writer abandons both meanwhile. The reconnects must not send, and the two large slots
+    # must pass to the next large objects, not stay taken until the deadline.
+    class SlowReconnects(FakeTransport):
+        def connect(self, host: str, on_done: Any) -> None:
+            self.connects_seen = getattr(self, "connects_seen", 0) + 1
+            if self.connects_seen <= 2:
+                super().connect(host, on_done)
+                return
+            self.server.connects += 1
+            conn = FakeConnection(self, host)
+            self.connections.append(conn)
+            threading.Timer(0.3, lambda: self.post(lambda: on_done(conn, None))).start()
+
+    s3 = FakeS3(chunk=16 * 1024)
+    for key in ("A", "A2"):
+        s3.put("b", key, b"x" * 400_000, faults=[Fault(reset_after=CHUNK // 2)])
+    for key in ("B", "C"):
+        s3.put("b", key, b"y" * 400_000)
+    refs = [ref_for(s3, key) for key in ("A", "A2", "B", "C")]
+    cancel = threading.Event()
+    transport = SlowReconnects(s3, window=CHUNK)
+    eng = Engine(refs, source=source(), transport=transport, workers=4, queue_depth=8, stream_threshold=100_000,
+                 cancel=cancel, policy=FAST, chunk_size=CHUNK)
+    timer = threading.Timer(5.0, cancel.set)
+    timer.start()
+    got: dict[str, bytes | None] = {}
+    try:
+        eng.start()
+        for result in eng.results():
+            assert isinstance(result, Streamed)
+            if result.ref.key in ("A", "A2"):
+                time.sleep(0.1)  # refused by the writer: left unread, abandoned on the next step
+                got[result.ref.key] = None
+            else:
+                got[result.ref.key] = b"".join(result.chunks)
+    finally:
+        timer.cancel()
+        eng.close()
+        transport.close()
+    assert not cancel.is_set()
+    assert got == {"A": None, "A2": None, "B": b"y" * 400_000, "C": b"y" * 400_000}
+    assert eng._large_open == 0

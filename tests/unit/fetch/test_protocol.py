@@ -198,7 +198,7 @@ def test_http_dates_read_like_the_standard_library(moment: datetime) -> None:
 
 
 @pytest.mark.parametrize("text", ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
-                                  "Tue, 04 Mar 2025 05:06:07 +0000"])
+                                  "Tue, 04 Mar 2025 05:06:07 +0000", "Thu, 26 Nov 26 15:13:35 GMT"])
 def test_other_http_date_forms_fall_back_to_the_standard_library(text: str) -> None:
     assert protocol.http_date(text).replace(tzinfo=None) == parsedate_to_datetime(text).replace(tzinfo=None)
 
