@@ -95,7 +95,7 @@ class DynamoDBJsonClient:
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send one request; the parsed answer, or ``ClientError`` / a connection error."""
-        body = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json.dumps(params, separators=(",", ":")).encode()  # ASCII, like botocore: \u escapes
         headers = self._signed_headers(operation, body)
         try:
             response = self._pool.urlopen("POST", self._path, body=body, headers=headers, redirect=False,
