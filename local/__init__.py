@@ -18,6 +18,7 @@ Modules, each with one job:
     runner.py     pollers, batching, invocation, deletion of acknowledged messages
     dataset.py    the demo's files: mixed sizes, spaces and Unicode in keys
     verify.py     reads every archive back and checks it against the sources
+    moto_server.py  moto_server, with TransactWriteItems backing a table up once per call
     demo.py       the demo's flow and its report
 
 This package is tooling for developers and CI. It is not shipped in the Lambda zip and may

@@ -161,7 +161,7 @@ def up(config: StackConfig = StackConfig(), *, state_dir: Path = DEFAULT_STATE_D
         minio_key, minio_secret_key = f"local{secrets.token_hex(6)}", secrets.token_urlsafe(24)
         minio = SeaweedS3(access_key=minio_key, secret_key=minio_secret_key, data_dir=work_dir / "seaweed")
         # Record each PID as soon as it exists: start() waits for readiness and may raise.
-        for name, server, program in (("moto", moto, "moto_server"), ("minio", minio, "weed")):
+        for name, server, program in (("moto", moto, "local.moto_server"), ("minio", minio, "weed")):
             _record_pid_on_spawn(server, state, name, program)
             server.start()
         say(f"moto on {moto.endpoint_url}, SeaweedFS (MinIO stand-in) on {minio.endpoint_url} "
