@@ -269,13 +269,16 @@ def test_publish_state_unknown_keeps_claims_for_recovery(env: dict[str, Any]) ->
     assert scan_claims(env["dynamodb"], TABLE)[object_id(ref)]["State"] == "IN_PROGRESS"
 
 
+class CommitFails(ClaimStore):
+    """A claim store whose commit never gets through (the archive is published first)."""
+
+    def commit(self, object_ids: Any, *, owner: str, archive_key: str) -> None:
+        raise ClaimStoreError("DynamoDB unavailable")
+
+
 def test_commit_failure_after_publish_is_recovered_without_a_second_archive(env: dict[str, Any]) -> None:
     refs = [env["s3"].put("landing", f"k{i}", b"v" * i) for i in range(3)]
     messages = [Message(f"m{i}", s3_body(r)) for i, r in enumerate(refs)]
-
-    class CommitFails(ClaimStore):
-        def commit(self, object_ids: Any, *, owner: str, archive_key: str) -> None:
-            raise ClaimStoreError("DynamoDB unavailable")
 
     store = CommitFails(env["dynamodb"], TABLE, ttl_seconds=3600, clock=env["clock"])
     first = run(env, messages, seconds=30, claims=store)
@@ -320,10 +323,6 @@ def test_no_new_object_writes_no_archive(env: dict[str, Any]) -> None:
 def test_a_failed_recovery_commit_never_forgets_the_published_archive(env: dict[str, Any]) -> None:
     refs = [env["s3"].put("landing", f"k{i}", b"v" * i) for i in range(2)]
     messages = [Message(f"m{i}", s3_body(r)) for i, r in enumerate(refs)]
-
-    class CommitFails(ClaimStore):
-        def commit(self, object_ids: Any, *, owner: str, archive_key: str) -> None:
-            raise ClaimStoreError("DynamoDB unavailable")
 
     failing = CommitFails(env["dynamodb"], TABLE, ttl_seconds=3600, clock=env["clock"])
     run(env, messages, seconds=30, claims=failing)  # publishes, cannot commit
