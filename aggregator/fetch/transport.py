@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from awscrt import auth, http, io
 
 from aggregator.fetch.source import Endpoint, SourceConfig
+from aggregator.fetch.threadstate import ThreadStateHolds
 
 
 class Handler(Protocol):
@@ -80,10 +81,16 @@ class CrtTransport:
                 options.verify_peer = False
             self._tls = io.ClientTlsContext(options)
         self._signing = signing_config(source)
+        self._holds = ThreadStateHolds()
 
     @property
     def shutdown_event(self) -> Any:
         return self._shutdown_event
+
+    @property
+    def thread_states_held(self) -> int:
+        """Event-loop threads whose Python thread state is kept now (see threadstate)."""
+        return self._holds.threads
 
     def connect(self, host: str, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
         tls_options = None
@@ -100,7 +107,7 @@ class CrtTransport:
             if error is not None:
                 on_done(None, error)
             else:
-                on_done(_CrtConnection(f.result(), self._signing), None)
+                on_done(_CrtConnection(f.result(), self._signing, self._holds), None)
 
         future.add_done_callback(done)
 
@@ -131,11 +138,14 @@ def signing_config(source: SourceConfig) -> Any:
 
 
 class _CrtConnection:
-    __slots__ = ("_connection", "_signing")
+    __slots__ = ("_connection", "_hold", "_signing")
 
-    def __init__(self, connection: Any, signing: Any) -> None:
+    def __init__(self, connection: Any, signing: Any, holds: ThreadStateHolds) -> None:
         self._connection = connection
         self._signing = signing
+        self._hold = _ConnectionHold(holds)
+        # The hold, not this object, goes into the callback: no cycle through the connection.
+        connection.shutdown_future.add_done_callback(self._hold.end)
 
     def is_open(self) -> bool:
         return bool(self._connection.is_open())
@@ -144,10 +154,15 @@ class _CrtConnection:
         request = http.HttpRequest("GET", path, http.HttpHeaders(headers))
         # With static credentials the CRT signs synchronously: the future is already done.
         auth.aws_sign_request(request, self._signing).result()
+        hold = self._hold
+
+        def on_response(http_stream: Any, status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+            hold.start()
+            handler.on_response(_CrtStream(http_stream), status_code, headers)
+
         stream = self._connection.request(
             request,
-            on_response=lambda http_stream, status_code, headers, **_: handler.on_response(
-                _CrtStream(http_stream), status_code, headers),
+            on_response=on_response,
             on_body=lambda http_stream, chunk, **_: handler.on_body(chunk),
         )
         stream.completion_future.add_done_callback(lambda f: handler.on_complete(f.exception()))
@@ -156,6 +171,26 @@ class _CrtConnection:
 
     def close(self) -> None:
         self._connection.close()
+
+
+class _ConnectionHold:
+    """A connection's hold on its event-loop thread's Python state: taken by its first
+    response (always on that thread), given back when it shuts down (on that thread too)."""
+
+    __slots__ = ("_holds", "_thread")
+
+    def __init__(self, holds: ThreadStateHolds) -> None:
+        self._holds = holds
+        self._thread: int | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = self._holds.take()
+
+    def end(self, _: object = None) -> None:
+        if self._thread is not None:
+            self._holds.give_back(self._thread)
+            self._thread = None
 
 
 class _CrtStream:
