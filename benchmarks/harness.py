@@ -428,7 +428,8 @@ def run_engine(refs: Sequence[ObjectRef], *, source: SourceConfig, minio: Any, b
     archive_id = new_archive_id(created_at)
     key = archive_key(prefix, created_at, archive_id, {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
                       [config.codec])
-    pending = {object_id(ref): ref.size or 0 for ref in refs}
+    ids = {ref: object_id(ref) for ref in refs}
+    pending = {oid: ref.size or 0 for ref, oid in ids.items()}
     archived = 0
     input_bytes = 0
     cancel = threading.Event()
@@ -440,7 +441,7 @@ def run_engine(refs: Sequence[ObjectRef], *, source: SourceConfig, minio: Any, b
             with fetch_objects(refs, source=source, workers=config.workers, processes=config.processes,
                                queue_depth=config.queue_depth, cancel=cancel) as results:
                 for item in results:
-                    pending.pop(object_id(item.ref), None)
+                    pending.pop(ids[item.ref], None)
                     if isinstance(item, Fetched | Streamed):
                         writer.add(item)
                         archived += 1

@@ -52,6 +52,18 @@ def unescape_segment(segment: str) -> str:
 
 def member_name(bucket: str, key: str) -> str:
     """The tar member name of ``key`` in ``bucket``: safe to extract, injective."""
+    name = f"{bucket}/{key}"
+    # Most names need no escape at all: one scan of the whole name costs a tenth of
+    # escaping its segments one by one (which returns them unchanged then).
+    if _NEEDS_ESCAPE.search(name) is None:
+        edged = f"/{name}/"
+        if "//" not in edged and "/./" not in edged and "/../" not in edged:
+            return name
+    return escaped_member_name(bucket, key)
+
+
+def escaped_member_name(bucket: str, key: str) -> str:
+    """:func:`member_name` segment by segment, without the shortcut."""
     return "/".join(escape_segment(segment) for segment in (bucket, *key.split("/")))
 
 

@@ -22,6 +22,7 @@ from aggregator.base.names import (
     MemberNames,
     archive_key,
     escape_segment,
+    escaped_member_name,
     member_name,
     new_archive_id,
     object_id,
@@ -170,6 +171,18 @@ def test_member_name_is_safe_and_reversible(bucket: str, key: str) -> None:
     assert name.split("/")[0] == bucket
     assert "%v" not in name  # reserved for MemberNames' version suffix
     assert unescape_member(name) == (bucket, key)
+
+
+@hsettings(deadline=None, max_examples=1000)
+@given(buckets, keys)
+def test_the_shortcut_for_names_without_escapes_agrees_with_escaping(bucket: str, key: str) -> None:
+    assert member_name(bucket, key) == escaped_member_name(bucket, key)
+
+
+@pytest.mark.parametrize("key", ["a/b.c/d", "a..b/.c/d.", "x/.../y", "./x", "x/.", "../x", "x/..", "/x", "x/", "x//y",
+                                 "x/%/y", "x/\x7f", "x/\x85"])
+def test_the_shortcut_is_not_taken_for_names_that_need_escaping_or_look_alike(key: str) -> None:
+    assert member_name("src", key) == escaped_member_name("src", key)
 
 
 @hsettings(deadline=None, max_examples=500)
