@@ -14,6 +14,7 @@ Callbacks arrive on the CRT's event-loop threads; they must not block.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
@@ -80,7 +81,7 @@ class CrtTransport:
             elif source.verify is False:
                 options.verify_peer = False
             self._tls = io.ClientTlsContext(options)
-        self._signing = signing_config(source)
+        self._signing = SigningConfigs(source)
         self._holds = ThreadStateHolds()
 
     @property
@@ -119,6 +120,31 @@ class CrtTransport:
         self._event_loops = None
 
 
+# The CRT's signing config carries the date it was built with: every request it signs says
+# that time in X-Amz-Date, and S3 refuses a signature dated more than 15 minutes away from
+# its own clock. A config older than this is built afresh (a long fetch, a slow retry).
+SIGNING_CONFIG_MAX_AGE = 60.0
+
+
+class SigningConfigs:
+    """The source's signing config, rebuilt once it is ``SIGNING_CONFIG_MAX_AGE`` old."""
+
+    __slots__ = ("_built", "_clock", "_config", "_source")
+
+    def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._source = source
+        self._clock = clock
+        self._config = signing_config(source)
+        self._built = clock()
+
+    def current(self) -> Any:
+        now = self._clock()
+        if now - self._built >= SIGNING_CONFIG_MAX_AGE:
+            # Two loop threads may both rebuild it at once: either result is right.
+            self._config, self._built = signing_config(self._source), now
+        return self._config
+
+
 def signing_config(source: SourceConfig) -> Any:
     """SigV4 for S3 with the source's frozen credentials, as the CRT's signer takes it."""
     credentials = auth.AwsCredentialsProvider.new_static(
@@ -140,7 +166,7 @@ def signing_config(source: SourceConfig) -> Any:
 class _CrtConnection:
     __slots__ = ("_connection", "_hold", "_signing")
 
-    def __init__(self, connection: Any, signing: Any, holds: ThreadStateHolds) -> None:
+    def __init__(self, connection: Any, signing: SigningConfigs, holds: ThreadStateHolds) -> None:
         self._connection = connection
         self._signing = signing
         self._hold = _ConnectionHold(holds)
@@ -153,7 +179,7 @@ class _CrtConnection:
     def request(self, path: str, headers: list[tuple[str, str]], handler: Handler) -> Stream:
         request = http.HttpRequest("GET", path, http.HttpHeaders(headers))
         # With static credentials the CRT signs synchronously: the future is already done.
-        auth.aws_sign_request(request, self._signing).result()
+        auth.aws_sign_request(request, self._signing.current()).result()
         hold = self._hold
 
         def on_response(http_stream: Any, status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:

@@ -207,3 +207,18 @@ def test_other_http_date_forms_fall_back_to_the_standard_library(text: str) -> N
 def test_impossible_http_dates_are_refused(text: str) -> None:
     with pytest.raises((ValueError, TypeError, IndexError)):
         protocol.http_date(text)
+
+
+def test_signing_configs_are_rebuilt_once_a_minute_old_so_x_amz_date_follows_the_clock() -> None:
+    from aggregator.fetch.transport import SIGNING_CONFIG_MAX_AGE, SigningConfigs
+
+    now = [1000.0]
+    source = SourceConfig("http://127.0.0.1:9000", "eu-west-2", "AKID", "SECRET", None)
+    configs = SigningConfigs(source, clock=lambda: now[0])
+    first = configs.current()
+    now[0] += SIGNING_CONFIG_MAX_AGE - 1
+    assert configs.current() is first  # one config for many requests: building one costs
+    now[0] += 1
+    second = configs.current()
+    assert second is not first and second.date >= first.date
+    assert configs.current() is second
