@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import given, settings
@@ -47,6 +47,13 @@ def test_path_style_target_round_trips_every_key(key: str) -> None:
     # Only unreserved characters and "/" travel unencoded: nothing a server or the signer
     # could normalise ("+" as space, "%" escapes, "?" starting a query).
     assert set(encoded) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~/%")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.characters(codec="utf-8"), max_size=40) | st.text("az09_.~/-%+ ", max_size=20))
+def test_keys_with_nothing_to_encode_skip_quoting_and_agree_with_it(key: str) -> None:
+    path = protocol.target(Endpoint.parse("http://h"), ref(key), virtual=False).path
+    assert path == "/src-bucket/" + quote(key.encode("utf-8", "surrogatepass"), safe="/~")
 
 
 def test_key_segments_are_kept_as_they_are() -> None:
