@@ -133,11 +133,11 @@ def test_handler_cpu_per_object(store: dict[str, Any], s3: harness.S3Server, sma
 
 
 @pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
-    "not met on this 2-core machine: 1.24-1.46x for the engine on the cheap source (fetch alone 1.0-1.3x). "
-    "One process already uses ~1.2 cores (the CRT parses HTTP outside the GIL, ~4,400 objects/s). With two, "
-    "the first result comes ~0.1 s late (each child pays ~0.1 s of CPU to start an interpreter and the "
-    "CRT's native library), then the parent's one writer thread (frames in, tar, zstd, SHA-256) tops out "
-    "near 7,800 objects/s: ~1.4x over a 3,000-object batch. The server takes ~0.07 cores"))
+    "not met on 2 cores, and out of reach there: one process already keeps 1.16 cores busy (the CRT parses "
+    "HTTP outside the GIL) and the servers 0.2 more, so two processes could reach at most 2 / 1.35 = 1.48x "
+    "even at the same CPU per object, and they need more (child start-up, ~0.17 s of CPU each, and "
+    "framing): 0.43 against 0.31 ms per object. Measured 2026-12-04 on a 2-core AMD EPYC: 0.87-1.0x "
+    "(1.24-1.46x on the Intel machine before one process got leaner)"))
 def test_fetch_processes_scale(cheap: CheapS3, s3: harness.S3Server, store: dict[str, Any]) -> None:
     source = cheap.server.source_config()
     minio = s3.minio_client()
@@ -159,7 +159,10 @@ def test_fetch_processes_scale(cheap: CheapS3, s3: harness.S3Server, store: dict
     detail = "; ".join(
         f"{name}: {max(s.objects_per_s for s in got):.0f} obj/s, "
         f"{min(s.cpu_ms_per_object for s in got):.3f} ms CPU/object" for name, got in samples.items())
-    detail += f"; fetch alone p2/p1 {fetch_ratio:.2f}x; {load()}"
+    one = max(samples["engine p1"], key=lambda s: s.objects_per_s)
+    # What one process keeps busy bounds what two can add on this machine's cores.
+    detail += (f"; engine p1 keeps {one.objects_per_s * one.cpu_ms_per_object / 1000:.2f} client cores busy"
+               f"; fetch alone p2/p1 {fetch_ratio:.2f}x; {load()}")
     record(store, "FETCH_PROCESSES 2 / 1 (engine, cheap source)", measured=ratio, target=PROCESSES_SCALING,
            unit="x", passed=ratio >= PROCESSES_SCALING, detail=detail)
     assert ratio >= PROCESSES_SCALING, f"2 fetch processes give {ratio:.2f}x one; target {PROCESSES_SCALING}x. {detail}"

@@ -12,7 +12,7 @@ CRT event loop), a forked child inherits their locks in whatever state they were
 CRT is not fork-safe. ``multiprocessing``'s spawn and
 forkserver would start helper processes that outlive the fetch (the resource tracker,
 the fork server) and re-import the parent's ``__main__`` (the Lambda runtime's bootstrap)
-in every child. A plain subprocess imports only ``awscrt`` and this package: ~0.1 s of CPU
+in every child. A plain subprocess imports only ``awscrt`` and this package: ~0.1-0.17 s of CPU
 per child (a third of it loading the CRT), paid once per fetch.
 
 Children die with the fetch: closing the control pipe (or the parent dying, which closes
