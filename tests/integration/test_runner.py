@@ -213,7 +213,7 @@ def test_only_acknowledged_messages_are_deleted_and_failures_come_back(make_queu
 
 def test_an_invocation_that_raises_deletes_nothing(make_queues: Callable[..., Queues],
                                                    run: Callable[..., Run]) -> None:
-    queues = make_queues(visibility=1)
+    queues = make_queues(visibility=2)
     queues.send({"do": "ok"}, {"do": "raise", "until": 2})
 
     result = run(queues, batch_size=10, window=1)
@@ -244,7 +244,7 @@ def test_failures_reach_the_dlq_after_max_receive_count(make_queues: Callable[..
 
 def test_an_invalid_failure_report_fails_the_whole_batch(make_queues: Callable[..., Queues],
                                                          run: Callable[..., Run]) -> None:
-    queues = make_queues(visibility=1)
+    queues = make_queues(visibility=2)
     queues.send({"do": "ok"}, {"do": "bad_response", "until": 2})
 
     result = run(queues, batch_size=10, window=1)
