@@ -39,25 +39,22 @@ def target(endpoint: Endpoint, ref: ObjectRef, *, virtual: bool) -> Target:
     key = ref.key
     if not _NOTHING_TO_ENCODE.fullmatch(key):  # most keys are; quote() costs ~2 us even then
         key = quote(key.encode("utf-8", "surrogatepass"), safe=_PATH_SAFE)
-    host, prefix = _bucket_place(endpoint, ref.bucket, virtual)
+    host, host_header, prefix = _bucket_place(endpoint, ref.bucket, virtual)
     path = f"{prefix}/{key}"
     if ref.version_id:
         path += "?versionId=" + quote(ref.version_id, safe=_QUERY_SAFE)
-    return Target(host=host, host_header=_host_header(endpoint, host), path=path)
+    return Target(host=host, host_header=host_header, path=path)
 
 
 # A batch names few buckets and one endpoint: what depends on them alone is worked out once.
 @functools.lru_cache(maxsize=256)
-def _bucket_place(endpoint: Endpoint, bucket: str, virtual: bool) -> tuple[str, str]:
-    """(host, path before the key) of a bucket."""
+def _bucket_place(endpoint: Endpoint, bucket: str, virtual: bool) -> tuple[str, str, str]:
+    """(host, Host header, path before the key) of a bucket."""
     if virtual:
-        return f"{bucket}.{endpoint.host}", endpoint.base_path
-    return endpoint.host, f"{endpoint.base_path}/{quote(bucket, safe='')}"
-
-
-@functools.lru_cache(maxsize=256)
-def _host_header(endpoint: Endpoint, host: str) -> str:
-    return endpoint.host_header(host)
+        host, prefix = f"{bucket}.{endpoint.host}", endpoint.base_path
+    else:
+        host, prefix = endpoint.host, f"{endpoint.base_path}/{quote(bucket, safe='')}"
+    return host, endpoint.host_header(host), prefix
 
 
 def request_headers(ref: ObjectRef, target: Target, *, offset: int = 0, etag: str | None = None
