@@ -11,7 +11,8 @@ Targets (issues 4, 5 and 8):
 * engine >= 3x the seed-design reference, 2,000 x 8 KiB, zstd, SeaweedFS to SeaweedFS
   (2,000 objects in quick mode too: on 500 the per-archive fixed costs blur the ratio);
 * client CPU per object <= 0.4 ms for the engine, <= 0.7 ms for the whole handler path
-  with claims;
+  with claims, on issue 5's machine, where a plain boto3 GET cost ~1.1 ms: scaled here by
+  what a plain boto3 GET costs on this machine, measured in the same turns (:class:`Yardstick`);
 * FETCH_PROCESSES=2 >= 1.6x FETCH_PROCESSES=1 when the fetch is CPU-bound: the engine
   (fetch, archive, publish) with the cheap in-memory server as its source, so that the
   client is the bottleneck; the fetch alone is measured beside it, for information;
@@ -35,6 +36,7 @@ when the code gets there. Nothing else may be marked.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -51,6 +53,13 @@ ENGINE_CPU_MS = 0.4
 HANDLER_CPU_MS = 0.7
 PROCESSES_SCALING = 1.6
 RSS_GROWTH_MIB = 64.0
+# CPU per object does not travel between machines either: the same code measured 0.27 ms
+# per object on one 2-core machine of this project's and 0.39 and 0.85 ms on two others
+# (the CI machine among them), while plain Python ran up to 6x slower there. Issue 5 states
+# the CPU targets on its machine, "where a plain boto3 GET alone costs ~1.1 ms", so that GET
+# is the yardstick: measured in the same turns as the engine, it scales the targets.
+PLAIN_GET_MS = 1.1
+YARDSTICK_OBJECTS = 300
 FLAT_TOLERANCE_MIB = 8.0
 TURNS = 3 if harness.QUICK else 5
 # A target that looks broken is measured again, up to this many turns in all, before the
@@ -63,6 +72,30 @@ def load() -> str:
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
 
 
+@dataclass(frozen=True)
+class Yardstick:
+    """This machine against issue 5's: a plain boto3 GET's client CPU here over 1.1 ms there."""
+
+    get_ms: float
+
+    @classmethod
+    def of(cls, samples: list[harness.Sample]) -> Yardstick:
+        # The least disturbed turn, as for every CPU figure here: the lowest yardstick gives
+        # the strictest target.
+        return cls(min(s.cpu_ms_per_object for s in samples))
+
+    @property
+    def factor(self) -> float:
+        return self.get_ms / PLAIN_GET_MS
+
+    def target(self, reference_ms: float) -> float:
+        return reference_ms * self.factor
+
+    def describe(self, reference_ms: float) -> str:
+        return (f"target {reference_ms} ms on issue 5's machine x {self.factor:.2f}: a plain boto3 GET costs "
+                f"{self.get_ms:.2f} ms of client CPU here, {PLAIN_GET_MS} ms there")
+
+
 def record(store: dict[str, Any], name: str, *, measured: float, target: float, unit: str, passed: bool,
            detail: str = "") -> None:
     store.setdefault("gate", {})[name] = {"measured": round(measured, 4), "target": target, "unit": unit,
@@ -71,7 +104,7 @@ def record(store: dict[str, Any], name: str, *, measured: float, target: float, 
 
 @pytest.fixture(scope="module")
 def engine_vs_seed(s3: harness.S3Server, small_2000: Corpus) -> dict[str, list[harness.Sample]]:
-    """Seed (gzip-6) and engine (zstd-3) on 2,000 objects, in turns."""
+    """Seed (gzip-6) and engine (zstd-3) on 2,000 objects, and the CPU yardstick, in turns."""
     refs = small_2000.refs[:harness.RATIO_COUNT]
     config = harness.EngineConfig()
     source = s3.source_config(max_pool=config.workers + 4)
@@ -82,13 +115,15 @@ def engine_vs_seed(s3: harness.S3Server, small_2000: Corpus) -> dict[str, list[h
                                               key=f"seed/{harness.unique_prefix('gate')}.tar.gz"),
         "engine": lambda: harness.run_engine(refs, source=source, minio=minio, bucket=harness.TARGET_BUCKET,
                                              config=config),
+        "plain GET": lambda: harness.run_plain_gets(seed_client, refs[:YARDSTICK_OBJECTS]),
     }
     if not harness.QUICK:
         harness.interleave(runs, rounds=1)  # warm-up turn
     samples = harness.interleave(runs, rounds=TURNS)
     while len(samples["engine"]) < MOST_TURNS and (
             harness.best_ratio(samples["seed"], samples["engine"]) < ENGINE_OVER_SEED
-            or min(s.cpu_ms_per_object for s in samples["engine"]) > ENGINE_CPU_MS):
+            or min(s.cpu_ms_per_object for s in samples["engine"])
+            > Yardstick.of(samples["plain GET"]).target(ENGINE_CPU_MS)):
         for name, more in harness.interleave(runs, rounds=1).items():
             samples[name] += more
     expected = {name: small_2000.bodies[name] for name in (f"{r.bucket}/{r.key}" for r in refs)}
@@ -111,25 +146,31 @@ def test_engine_at_least_3x_seed(engine_vs_seed: dict[str, list[harness.Sample]]
 def test_engine_cpu_per_object(engine_vs_seed: dict[str, list[harness.Sample]], store: dict[str, Any]) -> None:
     engine = engine_vs_seed["engine"]
     cpu = min(s.cpu_ms_per_object for s in engine)  # the least disturbed turn (module docstring)
-    detail = (f"median {harness.median([s.cpu_ms_per_object for s in engine]):.3f} ms; seed "
-              f"{min(s.cpu_ms_per_object for s in engine_vs_seed['seed']):.3f} ms; {load()}")
-    record(store, "engine CPU per object", measured=cpu, target=ENGINE_CPU_MS, unit="ms", passed=cpu <= ENGINE_CPU_MS,
+    yardstick = Yardstick.of(engine_vs_seed["plain GET"])
+    target = yardstick.target(ENGINE_CPU_MS)
+    detail = (f"{yardstick.describe(ENGINE_CPU_MS)}; median {harness.median([s.cpu_ms_per_object for s in engine]):.3f}"
+              f" ms; seed {min(s.cpu_ms_per_object for s in engine_vs_seed['seed']):.3f} ms; {load()}")
+    record(store, "engine CPU per object", measured=cpu, target=round(target, 3), unit="ms", passed=cpu <= target,
            detail=detail)
-    assert cpu <= ENGINE_CPU_MS, f"engine client CPU {cpu:.3f} ms/object; target {ENGINE_CPU_MS} ms. {detail}"
+    assert cpu <= target, f"engine client CPU {cpu:.3f} ms/object; target {target:.3f} ms. {detail}"
 
 
 def test_handler_cpu_per_object(store: dict[str, Any], s3: harness.S3Server, small: Corpus,
-                                world: harness.HandlerWorld) -> None:
+                                world: harness.HandlerWorld,
+                                engine_vs_seed: dict[str, list[harness.Sample]]) -> None:
+    yardstick = Yardstick.of(engine_vs_seed["plain GET"])
+    target = yardstick.target(HANDLER_CPU_MS)
     samples = list(store.get("handler") or handler_rounds(None, world, small, rounds=2))
-    if min(s.cpu_ms_per_object for s in samples) > HANDLER_CPU_MS:
+    if min(s.cpu_ms_per_object for s in samples) > target:
         samples += handler_rounds(None, world, small, rounds=2)  # confirm on a fresh container
     cpu = min(s.cpu_ms_per_object for s in samples)
     best = min(samples, key=lambda s: s.cpu_ms_per_object)
-    detail = (f"{best.objects} objects; of which claims {best.extra['claims_cpu_ms_per_object']:.3f} ms, "
-              f"{best.extra['dynamodb_calls_per_object']:.3f} DynamoDB calls per object; {load()}")
-    record(store, "handler CPU per object", measured=cpu, target=HANDLER_CPU_MS, unit="ms",
-           passed=cpu <= HANDLER_CPU_MS, detail=detail)
-    assert cpu <= HANDLER_CPU_MS, f"handler client CPU {cpu:.3f} ms/object; target {HANDLER_CPU_MS} ms. {detail}"
+    detail = (f"{yardstick.describe(HANDLER_CPU_MS)}; {best.objects} objects; of which claims "
+              f"{best.extra['claims_cpu_ms_per_object']:.3f} ms, {best.extra['dynamodb_calls_per_object']:.3f} "
+              f"DynamoDB calls per object; {load()}")
+    record(store, "handler CPU per object", measured=cpu, target=round(target, 3), unit="ms", passed=cpu <= target,
+           detail=detail)
+    assert cpu <= target, f"handler client CPU {cpu:.3f} ms/object; target {target:.3f} ms. {detail}"
 
 
 @pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
