@@ -201,8 +201,8 @@ def _depth(sqs: Any, url: str) -> int:
 
 
 @pytest.mark.timeout(300)
-def test_load_1000_objects_with_duplicates(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    run_load(Load(objects=1000, concurrency=3, immediate_duplicates=10, resends=25, function_timeout_s=30,
+def test_load_500_objects_with_duplicates(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    run_load(Load(objects=500, concurrency=3, immediate_duplicates=10, resends=25, function_timeout_s=30,
                   visibility_timeout_s=15), tmp_path, terminal(request))
 
 
