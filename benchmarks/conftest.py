@@ -42,7 +42,7 @@ for _name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED
 
 # Left out of quick mode (CI) to keep it within its ~4 minutes; ``make bench`` runs them.
 # moto closes every connection, so each moto-sourced fetch case takes ~15 s and measures
-# TCP connects; the boto3 baseline is the seed reference's GET path again; duplicate
+# TCP connects; the boto3 baseline is the gate's plain-GET yardstick again, threaded; duplicate
 # claims cost ~40 s of moto transactions and the handler benchmark covers claims; the
 # gate measures the seed design (gzip) itself, in turns with the engine.
 QUICK_DESELECT = (

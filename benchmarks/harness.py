@@ -478,14 +478,15 @@ def run_fetch_only(refs: Sequence[ObjectRef], *, source: SourceConfig, workers: 
     return FetchOnlyResult(archived=count, input_bytes=size)
 
 
+def plain_get(client: Any, ref: ObjectRef) -> int:
+    """One plain boto3 ``get_object``, version-pinned like ours, its body read whole; its size."""
+    return len(client.get_object(Bucket=ref.bucket, Key=ref.key, IfMatch=f'"{ref.etag}"')["Body"].read())
+
+
 def run_plain_gets(client: Any, refs: Sequence[ObjectRef]) -> FetchOnlyResult:
-    """A plain boto3 ``get_object`` per object, one at a time on one thread, each body read
-    whole: the yardstick issue 5 states its CPU targets in ("a plain boto3 GET alone costs
-    ~1.1 ms" on the machine they were set on)."""
-    size = 0
-    for ref in refs:
-        size += len(client.get_object(Bucket=ref.bucket, Key=ref.key, IfMatch=f'"{ref.etag}"')["Body"].read())
-    return FetchOnlyResult(archived=len(refs), input_bytes=size)
+    """:func:`plain_get` per object, one at a time on one thread: the yardstick issue 5 states
+    its CPU targets in ("a plain boto3 GET alone costs ~1.1 ms" on the machine they were set on)."""
+    return FetchOnlyResult(archived=len(refs), input_bytes=sum(plain_get(client, ref) for ref in refs))
 
 
 # -- the whole handler path: run_batch with claims ---------------------------------------------

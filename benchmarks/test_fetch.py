@@ -20,6 +20,7 @@ buys, once with a bare consumer and once with a consumer that hashes and compres
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 import resource
 import statistics
@@ -35,6 +36,7 @@ from botocore.config import Config
 from aggregator.base.events import ObjectRef
 from aggregator.base.objects import Fetched
 from aggregator.fetch import SourceConfig, fetch_objects
+from benchmarks import harness
 from tests.support.servers import MotoServer, SeaweedS3
 
 # BENCH_QUICK=1 (make bench-quick): fewer objects and only the 16-worker variants.
@@ -189,13 +191,9 @@ def test_boto3_get_object_baseline(benchmark: Any, corpora: dict[str, Corpus]) -
     benchmark.group = f"fetch {COUNT:,} x 8 KiB from seaweedfs"
     benchmark.extra_info.update(server="seaweedfs", workers=16, processes=1, objects=COUNT, client="boto3")
 
-    def get(ref: ObjectRef) -> int:
-        response = client.get_object(Bucket=ref.bucket, Key=ref.key, IfMatch=f'"{ref.etag}"')
-        return len(response["Body"].read())
-
     def run() -> int:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            sizes = list(pool.map(get, corpus.refs))
+            sizes = list(pool.map(functools.partial(harness.plain_get, client), corpus.refs))
         assert sizes == [SIZE] * COUNT
         return COUNT
 
