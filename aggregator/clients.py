@@ -42,14 +42,14 @@ import botocore
 from botocore.config import Config
 from botocore.httpsession import get_cert_path
 
-from aggregator.dynamodb import DynamoDBJsonClient
+from aggregator.claims.dynamodb import DynamoDBJsonClient
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
     from types_boto3_s3.client import S3Client
     from types_boto3_secretsmanager.client import SecretsManagerClient
 
-    from aggregator.credentials import MinioSecret
+    from aggregator.delivery.secret import MinioSecret
 
 DEFAULT_MINIO_CONNECT_TIMEOUT = 3.0
 DEFAULT_MINIO_READ_TIMEOUT = 30.0
@@ -93,7 +93,7 @@ def dynamodb_client(session: boto3.session.Session, *, max_pool: int = 10) -> Dy
 
 
 def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBJsonClient:
-    """The claim store's DynamoDB client (see :mod:`aggregator.dynamodb` for why not boto3's).
+    """The claim store's DynamoDB client (see :mod:`aggregator.claims.dynamodb` for why not boto3's).
 
     Endpoint and region are the ones a boto3 client resolves from the same session
     (``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_REGION`` ...), credentials the session's own

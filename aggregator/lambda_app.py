@@ -22,9 +22,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from aggregator import clients
 from aggregator.base.settings import Settings
-from aggregator.claims import ClaimStore
-from aggregator.credentials import MinioSecretProvider
-from aggregator.delivery import MinioTarget
+from aggregator.claims.store import ClaimStore
+from aggregator.delivery.publish import MinioTarget
+from aggregator.delivery.secret import MinioSecretProvider
 from aggregator.fetch import fetch_objects, source_config_from_client
 from aggregator.pipeline import BatchOutcome, Dependencies, Message, new_owner, run_batch
 

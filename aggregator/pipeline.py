@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from aggregator.archive.manifest import read_manifest
+from aggregator.archive.spool import ArchiveSpool
 from aggregator.archive.writer import ArchiveWriter, stored_size_bound
 from aggregator.base.errors import (
     AggregatorError,
@@ -45,8 +46,7 @@ from aggregator.base.events import ObjectRef, parse_body
 from aggregator.base.names import archive_key, new_archive_id, object_id
 from aggregator.base.objects import Fetched, FetchResult, Missing, Streamed
 from aggregator.base.settings import Settings
-from aggregator.claims import ClaimOutcome, ClaimStore
-from aggregator.spool import ArchiveSpool
+from aggregator.claims.store import ClaimOutcome, ClaimStore
 
 if TYPE_CHECKING:
     from logging import Logger

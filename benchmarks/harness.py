@@ -38,17 +38,17 @@ from botocore.config import Config
 
 from aggregator import clients
 from aggregator.archive import ArchiveWriter, open_decompressor
+from aggregator.archive.spool import ArchiveSpool
 from aggregator.archive.tarread import iter_entries
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import archive_key, new_archive_id, object_id
 from aggregator.base.objects import Fetched, Missing, Streamed
 from aggregator.base.settings import CODEC_LEVELS, Settings
-from aggregator.claims import ClaimStore
-from aggregator.credentials import MinioSecret
-from aggregator.delivery import publish_archive
+from aggregator.claims.store import ClaimStore
+from aggregator.delivery.publish import publish_archive
+from aggregator.delivery.secret import MinioSecret
 from aggregator.fetch import SourceConfig, fetch_objects, source_config_from_client
 from aggregator.pipeline import archive_size_bound
-from aggregator.spool import ArchiveSpool
 from tests.support.tables import create_claims_table
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ import pytest
 
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import object_id
-from aggregator.claims import ClaimStore
+from aggregator.claims.store import ClaimStore
 from aggregator.clients import aws_session, dynamodb_client
 from tests.support.servers import MotoServer
 from tests.support.tables import create_claims_table

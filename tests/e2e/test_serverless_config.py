@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from aggregator import claims
 from aggregator.base.errors import MalformedMessage
 from aggregator.base.events import parse_body
 from aggregator.base.settings import Settings
+from aggregator.claims import store as claims
 from scripts.local_deploy import sample_object_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,7 +263,7 @@ def test_claims_table_uses_the_names_the_code_writes(package: Package) -> None:
     assert table["AttributeDefinitions"] == [{"AttributeName": KEY_ATTRIBUTE, "AttributeType": "S"}]
     assert table["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     source = inspect.getsource(claims)
-    assert f'"{KEY_ATTRIBUTE}"' in source and f'"{TTL_ATTRIBUTE}"' in source, "aggregator.claims writes other names"
+    assert f'"{KEY_ATTRIBUTE}"' in source and f'"{TTL_ATTRIBUTE}"' in source, "claims.store writes other names"
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert table["TableName"] == package.resources["AggregatorLambdaFunction"]["Properties"]["Environment"][

@@ -21,8 +21,8 @@ from botocore.credentials import Credentials
 
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import object_id
-from aggregator.claims import COMPLETED, IN_PROGRESS, ClaimOutcome, ClaimStore
-from aggregator.dynamodb import DynamoDBJsonClient
+from aggregator.claims.dynamodb import DynamoDBJsonClient
+from aggregator.claims.store import COMPLETED, IN_PROGRESS, ClaimOutcome, ClaimStore
 from tests.support.servers import MotoServer
 from tests.support.tables import create_claims_table, scan_claims
 

@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from aggregator.base.errors import OutOfTime
-from aggregator.delivery import publish_archive
+from aggregator.delivery.publish import publish_archive
 
 pytestmark = pytest.mark.servers
 

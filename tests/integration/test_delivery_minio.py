@@ -34,8 +34,8 @@ from minio import Minio
 
 from aggregator import clients
 from aggregator.base.errors import DeliveryError
-from aggregator.credentials import MinioSecret, MinioSecretProvider
-from aggregator.delivery import METADATA_KEY, DeliveryAuthError, MinioTarget
+from aggregator.delivery.publish import METADATA_KEY, DeliveryAuthError, MinioTarget
+from aggregator.delivery.secret import MinioSecret, MinioSecretProvider
 from tests.conftest import S3Target
 from tests.support.servers import MotoServer, SeaweedS3, free_port
 from tests.support.tls import TlsFiles, make_ca, make_tls

@@ -27,7 +27,7 @@ from botocore.exceptions import (
 )
 
 from aggregator import clients
-from aggregator.dynamodb import DynamoDBJsonClient
+from aggregator.claims.dynamodb import DynamoDBJsonClient
 from tests.support.fault_proxy import Fault, FaultProxy, json_error
 from tests.support.servers import MotoServer, free_port
 from tests.support.tables import create_claims_table

@@ -273,7 +273,7 @@ def _wrap_fetch(real: Callable[..., Any], holder: _PlanHolder) -> Callable[..., 
 
 def _wrap_spool(holder: _PlanHolder) -> None:
     import aggregator.pipeline as pipeline
-    from aggregator.spool import ArchiveSpool, free_bytes
+    from aggregator.archive.spool import ArchiveSpool, free_bytes
 
     def free_space(directory: str) -> int:
         if holder.plan.hit("spool.free_space"):

@@ -1,7 +1,7 @@
 """The claim table as the stack defines it, for tests and the local stack.
 
 Partition key ``ObjectID`` (string), on-demand capacity, TTL on ``ExpiresAt``: the same
-attribute :mod:`aggregator.claims` writes, so that completed claims really expire.
+attribute :mod:`aggregator.claims.store` writes, so that completed claims really expire.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aggregator import clients
-from aggregator.credentials import MinioSecret
+from aggregator.delivery.secret import MinioSecret
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----"
 

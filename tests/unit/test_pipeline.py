@@ -28,7 +28,7 @@ from aggregator.base.events import ObjectRef
 from aggregator.base.names import object_id
 from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, ObjectHead, Streamed
 from aggregator.base.settings import Settings
-from aggregator.claims import ClaimStore
+from aggregator.claims.store import ClaimStore
 from aggregator.pipeline import Dependencies, Message, run_batch
 from tests.support.tables import create_claims_table, scan_claims
 

@@ -101,7 +101,7 @@ if TYPE_CHECKING:
         WriteRequestTypeDef,
     )
 
-    from aggregator.dynamodb import DynamoDBJsonClient
+    from aggregator.claims.dynamodb import DynamoDBJsonClient
 
     _Item = Mapping[str, UniversalAttributeValueTypeDef]
 

@@ -18,8 +18,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from aggregator.base.errors import DeliveryError, OutOfTime, RetryableError
-from aggregator.credentials import MinioSecret
-from aggregator.delivery import (
+from aggregator.delivery.publish import (
     METADATA_KEY,
     MIN_PART_BYTES,
     DeliveryAuthError,
@@ -27,6 +26,7 @@ from aggregator.delivery import (
     map_client_error,
     publish_archive,
 )
+from aggregator.delivery.secret import MinioSecret
 
 MiB = 1024 * 1024
 
@@ -222,7 +222,7 @@ def test_large_archive_is_multipart_created_with_metadata() -> None:
 
 
 def test_part_size_grows_to_stay_within_ten_thousand_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    import aggregator.delivery as delivery
+    import aggregator.delivery.publish as delivery
 
     monkeypatch.setattr(delivery, "MAX_PARTS", 2)
     client = FakeS3()

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from aggregator.base.errors import ConfigError, DeliveryError, RetryableError
-from aggregator.credentials import MinioSecret, MinioSecretProvider, SecretUnavailable
+from aggregator.delivery.secret import MinioSecret, MinioSecretProvider, SecretUnavailable
 
 ACCESS = "AKIA-unit-access-7f3c"
 SECRET = "unit-secret-key-9d1e/+xyz"

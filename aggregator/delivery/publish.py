@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from aggregator.base.errors import AggregatorError, DeliveryError, OutOfTime
-from aggregator.credentials import MinioSecret, SecretSource
+from aggregator.delivery.secret import MinioSecret, SecretSource
 
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client

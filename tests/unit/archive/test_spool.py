@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.spool import ArchiveSpool, OutOfSpace
+from aggregator.archive.spool import ArchiveSpool, OutOfSpace
 
 
 def test_small_archives_stay_in_memory_and_read_back(tmp_path) -> None:

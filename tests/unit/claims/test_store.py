@@ -25,7 +25,7 @@ from moto.core.botocore_stubber import BotocoreStubber
 from aggregator.base.errors import ClaimStoreError, RetryableError
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import object_id
-from aggregator.claims import COMPLETED, IN_PROGRESS, Backoff, ClaimStore
+from aggregator.claims.store import COMPLETED, IN_PROGRESS, Backoff, ClaimStore
 from tests.support.tables import create_claims_table, scan_claims
 
 TABLE = "claims"
