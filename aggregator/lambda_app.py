@@ -8,10 +8,9 @@ warm container. The archive is built for the whole batch at once; Powertools'
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -21,12 +20,13 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from aggregator import clients
+from aggregator.base.deadline import Deadline
 from aggregator.base.settings import Settings
 from aggregator.claims.store import ClaimStore
 from aggregator.delivery.publish import MinioTarget
 from aggregator.delivery.secret import MinioSecretProvider
 from aggregator.fetch import fetch_objects, source_config_from_client
-from aggregator.pipeline import BatchOutcome, Dependencies, Message, new_owner, run_batch
+from aggregator.pipeline import BatchReport, Dependencies, Message, new_owner, run_batch
 
 SECRET_MAX_AGE_SECONDS = 300
 MINIO_CONNECT_TIMEOUT = 3.0
@@ -43,7 +43,8 @@ DEFAULT_METRICS_NAMESPACE = "S3MinioAggregator"
 _QUIET = logging.getLogger("aggregator.batch_processor")
 _QUIET.disabled = True
 
-_COUNTERS = ("ObjectsArchived", "DuplicatesSkipped", "ObjectsMissing", "EventsIgnored", "BatchItemFailures")
+_COUNTERS = ("ObjectsArchived", "DuplicatesSkipped", "ObjectsMissing", "EventsIgnored", "StaleEvents",
+             "MalformedMessages", "PublishOutcomeUnknown", "BatchItemFailures")
 
 
 class LambdaContextLike(Protocol):
@@ -57,14 +58,6 @@ class LambdaContextLike(Protocol):
 
 class BatchItemFailed(Exception):
     """Raised for a record the pipeline could not safely archive: Powertools reports it."""
-
-
-@dataclass
-class _App:
-    deps: Dependencies
-
-
-_app: _App | None = None
 
 
 def _route_all_logging_through_json() -> None:
@@ -104,29 +97,23 @@ def build_dependencies(settings: Settings) -> Dependencies:
     )
 
 
-def _get_app(env: Mapping[str, str] | None = None) -> _App:
-    global _app
-    if _app is None:
-        _route_all_logging_through_json()
-        settings = Settings.from_env(env)  # ConfigError here, before anything is written
-        if metrics.namespace is None:
-            metrics.namespace = DEFAULT_METRICS_NAMESPACE
-        metrics.set_default_dimensions(environment=settings.environment)
-        _app = _App(deps=build_dependencies(settings))
-    return _app
-
-
-def reset_for_tests() -> None:
-    """Forget the warm container's settings and clients."""
-    global _app
-    _app = None
+@functools.cache
+def warm_dependencies() -> Dependencies:
+    """Settings and clients, built on the first invocation and kept while the sandbox is
+    warm (``warm_dependencies.cache_clear()`` forgets them)."""
+    _route_all_logging_through_json()
+    settings = Settings.from_env()  # ConfigError here, before anything is written
+    if metrics.namespace is None:
+        metrics.namespace = DEFAULT_METRICS_NAMESPACE
+    metrics.set_default_dimensions(environment=settings.environment)
+    return build_dependencies(settings)
 
 
 @tracer.capture_lambda_handler(capture_response=False)
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]:
     try:
-        app = _get_app()
+        deps = warm_dependencies()
         records = _records(event)
     except Exception as e:
         # Refused before anything is written (configuration, clients, event shape):
@@ -134,7 +121,7 @@ def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]
         logger.error("invocation refused", extra={"error": str(e), "error_type": type(e).__name__})
         raise
     try:
-        outcome = _run(records, app=app, context=context)
+        outcome = _run(records, deps=deps, context=context)
     except Exception:
         logger.exception("invocation failed; the whole batch will be retried")
         metrics.flush_metrics()
@@ -165,9 +152,9 @@ def _records(event: Any) -> list[dict[str, Any]]:
     return records
 
 
-def _run(records: list[dict[str, Any]], *, app: _App, context: LambdaContextLike) -> BatchOutcome:
-    deps = app.deps
-    deadline = deps.clock() + context.get_remaining_time_in_millis() / 1000
+def _run(records: list[dict[str, Any]], *, deps: Dependencies, context: LambdaContextLike) -> BatchReport:
+    deadline = Deadline.after(context.get_remaining_time_in_millis() / 1000,
+                              grace=deps.settings.lease_grace_seconds, clock=deps.clock)
     messages = [Message(record["messageId"], record.get("body")) for record in records]
     started = time.monotonic()
     outcome = run_batch(messages, deps=deps, deadline=deadline, owner=new_owner(context.aws_request_id))
@@ -175,7 +162,7 @@ def _run(records: list[dict[str, Any]], *, app: _App, context: LambdaContextLike
     return outcome
 
 
-def _publish_metrics(outcome: BatchOutcome, *, elapsed_ms: float) -> None:
+def _publish_metrics(outcome: BatchReport, *, elapsed_ms: float) -> None:
     for name in _COUNTERS:
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=outcome.counts.get(name, 0))
     if outcome.archive_key:

@@ -219,7 +219,8 @@ def _run(options: DemoOptions, state: stack.StackState, result: DemoResult, tqdm
     clock = time.monotonic()
     minio = state.minio_client()
     listed = sum(len(page.get("Contents", [])) for page in
-                 minio.get_paginator("list_objects_v2").paginate(Bucket=resources["archive_bucket"]))
+                 minio.get_paginator("list_objects_v2").paginate(
+                     Bucket=resources["archive_bucket"], Prefix=state.env.get("ARCHIVE_PREFIX", "archives") + "/"))
     with tqdm(total=listed, desc="verified ", unit="archive", disable=not options.progress,
               ncols=_columns()) as verify_bar:
         result.verification = verify_archives(

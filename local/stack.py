@@ -272,6 +272,7 @@ def status(*, state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any] | None:
                 "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
             report[label] = {"visible": int(attributes["ApproximateNumberOfMessages"]),
                              "in_flight": int(attributes["ApproximateNumberOfMessagesNotVisible"])}
-        pages = state.minio_client().get_paginator("list_objects_v2").paginate(Bucket=state.resources["archive_bucket"])
+        pages = state.minio_client().get_paginator("list_objects_v2").paginate(
+            Bucket=state.resources["archive_bucket"], Prefix=state.env.get("ARCHIVE_PREFIX", "archives") + "/")
         report["archives"] = sum(len(page.get("Contents", [])) for page in pages)
     return report

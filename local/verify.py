@@ -158,8 +158,8 @@ def read_archive(minio: Any, bucket: str, key: str, *, prefix: str, problems: li
 def verify_archives(*, minio: Any, archive_bucket: str, prefix: str, source_s3: Any, source_bucket: str,
                     expected: Mapping[str, Uploaded], on_archive: Callable[[], None] | None = None) -> Verification:
     result = Verification()
-    keys = [obj["Key"] for page in minio.get_paginator("list_objects_v2").paginate(Bucket=archive_bucket)
-            for obj in page.get("Contents", [])]
+    pages = minio.get_paginator("list_objects_v2").paginate(Bucket=archive_bucket, Prefix=prefix.strip("/") + "/")
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
     source_hashes: dict[tuple[str, str | None, str | None], str] = {}
     for key in sorted(keys):
         try:

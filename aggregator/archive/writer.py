@@ -47,6 +47,7 @@ class ArchiveSummary:
     sha256_hex: str  # of the stored (compressed) bytes: the sha256_checksum metadata
     size: int  # stored bytes
     entries: tuple[ManifestEntry, ...]  # archive order, as in MANIFEST.json
+    manifest: bytes  # MANIFEST.json exactly as stored in the archive
 
 
 class ArchiveWriter:
@@ -153,7 +154,7 @@ class ArchiveWriter:
             raise
         self._state = "finished"
         return ArchiveSummary(sha256_hex=self._hashing.hexdigest(), size=self._hashing.size,
-                              entries=tuple(self._entries))
+                              entries=tuple(self._entries), manifest=manifest)
 
     def abandon(self) -> None:
         """Give up on this archive (idempotent); the sink's bytes are garbage."""

@@ -15,7 +15,8 @@ ignored. Anything else raises :class:`MalformedMessage`, which fails that messag
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -32,6 +33,9 @@ class ObjectRef:
     etag: str | None  # without quotes
     version_id: str | None
     sequencer: str | None
+    # When S3 says the object was created (the record's eventTime): how old the event is.
+    # Not part of the identity: a redelivery or a backfill names the same object.
+    event_time: datetime | None = field(default=None, compare=False)
 
     @property
     def identity(self) -> str:
@@ -110,7 +114,9 @@ def _parse_s3_notification(records: Any) -> ParsedMessage:
             key = unquote_plus(raw_key, errors="strict")
         except UnicodeDecodeError as e:
             raise MalformedMessage(f"record {index}: key is not valid URL-encoded UTF-8") from e
-        objects.append(_object_ref(bucket, key, obj, index, etag_field="eTag", version_field="versionId"))
+        ref = _object_ref(bucket, key, obj, index, etag_field="eTag", version_field="versionId",
+                          event_time=_time(record.get("eventTime")))
+        objects.append(ref)
     return ParsedMessage(objects=tuple(objects), ignored=ignored)
 
 
@@ -121,12 +127,24 @@ def _parse_eventbridge(document: dict[str, Any]) -> ParsedMessage:
     bucket = _bucket_name(_text(_field(detail, "bucket", dict, 0), "name", 0), 0)
     obj = _field(detail, "object", dict, 0)
     key = _text(obj, "key", 0)
-    ref = _object_ref(bucket, key, obj, 0, etag_field="etag", version_field="version-id")
+    ref = _object_ref(bucket, key, obj, 0, etag_field="etag", version_field="version-id",
+                      event_time=_time(document.get("time")))
     return ParsedMessage(objects=(ref,), ignored=0)
 
 
+def _time(value: Any) -> datetime | None:
+    """An event's RFC 3339 timestamp, or None when absent or unreadable (no age check then)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def _object_ref(bucket: str, key: str, obj: dict[str, Any], index: int, *, etag_field: str,
-                version_field: str) -> ObjectRef:
+                version_field: str, event_time: datetime | None = None) -> ObjectRef:
     if not key:
         raise MalformedMessage(f"record {index}: object key is empty")
     if not _is_unicode(key):
@@ -144,7 +162,8 @@ def _object_ref(bucket: str, key: str, obj: dict[str, Any], index: int, *, etag_
     sequencer = _optional_text(obj, "sequencer", index)
     if not version_id and not etag:
         raise MalformedMessage(f"record {index}: neither versionId nor eTag: the version cannot be pinned")
-    return ObjectRef(bucket=bucket, key=key, size=size, etag=etag, version_id=version_id, sequencer=sequencer)
+    return ObjectRef(bucket=bucket, key=key, size=size, etag=etag, version_id=version_id, sequencer=sequencer,
+                     event_time=event_time)
 
 
 def _bucket_name(name: str, index: int) -> str:

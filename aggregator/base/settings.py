@@ -45,6 +45,8 @@ class Settings:
     fetch_processes: int = 1
     spool_max_memory_bytes: int = 64 * 1024 * 1024
     idempotency_ttl_seconds: int = 15 * 24 * 3600
+    # How long after an invocation's deadline its claims stay its own (base/deadline.py).
+    lease_grace_seconds: int = 30
     environment: str = "dev"
     use_moto: bool = False
     # Beyond the contract: tuning knobs with safe defaults.
@@ -95,6 +97,7 @@ class Settings:
             fetch_processes=fetch_processes,
             spool_max_memory_bytes=_int(env, "SPOOL_MAX_MEMORY_BYTES", 64 * 1024 * 1024, 0, 8 << 30),
             idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", 15 * 24 * 3600, 60, 10 * 365 * 24 * 3600),
+            lease_grace_seconds=_int(env, "LEASE_GRACE_SECONDS", 30, 1, 300),
             environment=environment,
             use_moto=use_moto,
             fetch_queue_depth=_int(env, "FETCH_QUEUE_DEPTH", 64, 1, 4096),

@@ -1,47 +1,59 @@
-"""Publishing a finished archive to MinIO so that its final key is never half there.
+"""Publishing a finished archive to MinIO, and saying whether it happened: yes, no, or unknown.
 
 The archive is complete in a seekable spool and its SHA-256 is known before the first
 byte leaves, so the upload is atomic by construction:
 
+* first the manifest goes to a small sidecar object, :func:`sidecar_key` (its own SHA-256 in
+  its metadata, checked by the server). It is written before the archive's final key can
+  appear, so whoever finds the archive finds its manifest too, in one small GET whatever
+  the archive's size (:meth:`MinioTarget.listing`);
 * up to ``part_bytes``: one PutObject carrying the ``sha256_checksum`` metadata *and*
   ``x-amz-checksum-sha256`` (the same digest, base64). The server hashes what it received
   and refuses the object (BadDigest) unless it matches; an S3 PUT is all or nothing;
 * larger: a multipart upload created *with* the metadata, parts read from the spool one
   at a time (one part in memory), each carrying its own SHA-256 that the server checks.
-  The whole-archive digest is recomputed from the same bytes on the way and compared
-  before CompleteMultipartUpload: parts are only assembled under the final key when the
-  archive is exactly the one described. Any failure aborts the upload, so no parts
-  linger and the key never appears.
+  The whole-archive digest is recomputed on the way and compared before
+  CompleteMultipartUpload. Any failure before the Complete aborts the upload.
 
-The system this one descends from uploaded first and then set the metadata by copying
-the object onto itself (``copy_object`` with ``MetadataDirective=REPLACE``). Between the
-two requests the final key existed *without* its checksum, and a failed or killed copy
-left it that way for good; the copy also re-reads and rewrites every byte (and a single
-copy stops at 5 GiB). Sending the metadata with the data closes that window.
+The outcome (:class:`PublishOutcome`) is decided here, once:
 
-After the upload a HEAD confirms the stored length and metadata. The deadline (epoch
-seconds) is checked before starting, before each part and before completing, each time
-with :data:`MIN_START_SECONDS` to spare: an upload that cannot finish is better not
-started (the caller still has to release its claims in time), and an archive must not
-appear after the deadline, when another invocation may already be deciding from its
-absence that the objects still need archiving.
+* PUBLISHED: the key-creating request (PutObject, CompleteMultipartUpload) was answered
+  with success, or its answer was lost and a HEAD finds the archive with our checksum;
+* NOT_PUBLISHED, proven: we failed before any key-creating request left (the sidecar, a
+  part, the spool, the deadline), or MinIO itself refused the only attempt with a 4xx and
+  an S3 error code before taking the body (BadDigest, AccessDenied, NoSuchBucket ...);
+* UNKNOWN: anything else. A timeout, a reset, a 5xx, a gateway's 504 or a proxy's 408 may
+  come *after* the store took the whole request, which it may still complete seconds later;
+  a 404 on a HEAD proves nothing then. The caller keeps its claims until its lease ends.
+
+No key-creating request (PutObject, UploadPart, CompleteMultipartUpload), and no SDK retry of
+one, leaves later than the deadline's write cutoff (:mod:`aggregator.base.deadline`): a
+botocore ``before-send`` hook refuses it, and counts the attempts that did leave, so a refused
+retry after a lost answer is UNKNOWN, not NOT_PUBLISHED.
 
 All SDK errors are mapped in :func:`map_client_error`; the credential errors become
 :class:`DeliveryAuthError`, on which :class:`MinioTarget` re-reads the secret once (it may
-have been rotated), rebuilds the client and tries again once.
+have been rotated), rebuilds the client and tries again once, when nothing was published.
+
+The system this one descends from uploaded first and then set the metadata by copying the
+object onto itself: between the two requests the final key existed *without* its checksum.
+Sending the metadata with the data closes that window.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import io
+import json
 import logging
 import threading
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from aggregator.base.deadline import Deadline
 from aggregator.base.errors import AggregatorError, DeliveryError, OutOfTime
 from aggregator.delivery.secret import MinioSecret, SecretSource
 
@@ -51,36 +63,45 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The requests that can make the final key appear. None of them may leave after the
-# deadline, not even as the SDK's own retry: by then another invocation may be deciding
-# from MinIO's contents whether to archive the same objects again.
-_KEY_CREATING = ("PutObject", "CompleteMultipartUpload")
-_send_limit = threading.local()  # (deadline, clock) of the publish running on this thread
+# The requests that could make the final key appear, directly or through a Complete.
+# None of them may leave after the write cutoff, not even as the SDK's own retry.
+_KEY_CREATING = ("PutObject", "UploadPart", "CompleteMultipartUpload")
+_guard = threading.local()  # the publish running on this thread: its deadline and attempts
 
 
-def _refuse_late_send(**_: Any) -> None:
-    limit = getattr(_send_limit, "value", None)
-    if limit is not None and limit[1]() > limit[0]:
-        raise OutOfTime("the deadline passed: no request that could publish the archive is sent")
+@dataclass
+class _Guard:
+    deadline: Deadline | None
+    sent: int = 0  # attempts of the current key-creating request that left
 
 
-def _guard_deadline(client: S3Client, deadline: float | None, clock: Callable[[], float]) -> None:
-    events = getattr(getattr(client, "meta", None), "events", None)  # absent on test fakes, which never retry
-    if events is not None:
-        for operation in _KEY_CREATING:
-            events.register(f"before-send.s3.{operation}", _refuse_late_send,
-                            unique_id=f"aggregator-deadline-{operation}")
-    _send_limit.value = None if deadline is None else (deadline, clock)
+def _before_send(**_: Any) -> None:
+    guard: _Guard | None = getattr(_guard, "value", None)
+    if guard is None:
+        return
+    if guard.deadline is not None and not guard.deadline.may_start_write():
+        raise OutOfTime("past the write cutoff: no request that could publish the archive is sent")
+    guard.sent += 1
+
+
+def _install_guard(client: S3Client) -> bool:
+    """Register the hook on ``client`` (once); False for clients without botocore events."""
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is None:
+        return False  # test fakes: they never retry, one call is one attempt
+    for operation in _KEY_CREATING:
+        events.register(f"before-send.s3.{operation}", _before_send, unique_id=f"aggregator-guard-{operation}")
+    return True
+
 
 T = TypeVar("T")
 
 METADATA_KEY = "sha256_checksum"
 MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest part (all but the last)
 MAX_PARTS = 10_000  # S3's most parts per upload
-# Less than this before the deadline and no upload, part or completion is started: a
-# round trip to MinIO plus the HEAD that verifies it must fit, with time left for the
-# caller to settle its claims.
-MIN_START_SECONDS = 0.5
+SIDECAR_PREFIX = "_manifests/"
+# 4xx answers that a gateway or proxy gives for a request it may have passed on anyway.
+_AMBIGUOUS_STATUS = frozenset({408, 429, 499})
 
 AUTH_ERROR_CODES = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
@@ -93,6 +114,10 @@ NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 class DeliveryAuthError(DeliveryError):
     """MinIO refused the credentials: re-read the secret (it may have rotated) and retry once."""
+
+
+class NoSidecar(DeliveryError):
+    """An archive exists without its manifest sidecar: read the manifest inside it instead."""
 
 
 class _NotFound(DeliveryError):
@@ -152,15 +177,47 @@ def _call(action: str, operation: Callable[[], T]) -> T:
         raise map_client_error(e, action=action) from e
 
 
+class PublishOutcome(enum.Enum):
+    PUBLISHED = "published"
+    NOT_PUBLISHED = "not published"  # proven: the final key will never appear
+    UNKNOWN = "unknown"  # the final key may appear later: keep the claims to the lease end
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What one publish did: its outcome and, unless published, why."""
+
+    outcome: PublishOutcome
+    reason: str = ""
+    parts: int = 0
+    auth_refused: bool = False  # MinIO refused the credentials before anything was stored
+
+
+def sidecar_key(archive_key: str) -> str:
+    """Where the manifest of ``archive_key`` is stored beside it."""
+    return SIDECAR_PREFIX + archive_key + ".json"
+
+
+class _Refused(Exception):
+    """Raised inside a publish for a failure that proves the final key will never appear."""
+
+    def __init__(self, reason: str, *, auth: bool = False) -> None:
+        super().__init__(reason)
+        self.auth = auth
+
+
+class _Unknown(Exception):
+    """Raised inside a publish when a key-creating request may have been stored."""
+
+
 def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
-                    part_bytes: int, deadline: float | None = None,
-                    clock: Callable[[], float] = time.time) -> None:
-    """Store ``size`` bytes of ``source`` (read from offset 0) under ``key``, atomically.
+                    manifest: bytes, part_bytes: int, deadline: Deadline | None = None) -> Publication:
+    """Store ``size`` bytes of ``source`` (read from offset 0) under ``key``, atomically,
+    after its ``manifest`` under :func:`sidecar_key`, and say what happened.
 
     ``sha256_hex`` is the lowercase hex SHA-256 of exactly those bytes; it becomes the
-    ``sha256_checksum`` metadata and the checksum the server verifies. Raises
-    :class:`DeliveryError` (nothing is left under ``key`` and no multipart upload remains)
-    or :class:`OutOfTime` (nothing was started, or the upload was aborted between parts).
+    ``sha256_checksum`` metadata and the checksum the server verifies. Never raises for a
+    failed upload: the outcome says it.
     """
     if size < 0:
         raise ValueError("size must not be negative")
@@ -168,44 +225,110 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
         raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES}")
     if len(sha256_hex) != 64 or not set(sha256_hex) <= set("0123456789abcdef"):
         raise ValueError("sha256_hex must be 64 lowercase hex digits")
-    _check_deadline(deadline, clock, margin=MIN_START_SECONDS, what="start the upload")
-    _guard_deadline(client, deadline, clock)
+    counted = _install_guard(client)
+    guard = _guard.value = _Guard(deadline)
     try:
-        _publish(client, bucket=bucket, key=key, source=source, size=size, sha256_hex=sha256_hex,
-                 part_bytes=part_bytes, deadline=deadline, clock=clock)
+        parts = _publish(client, bucket=bucket, key=key, source=source, size=size, sha256_hex=sha256_hex,
+                         manifest=manifest, part_bytes=part_bytes, guard=guard, counted=counted)
+    except _Refused as e:
+        logger.warning("archive not published", extra={"key": key, "reason": str(e)})
+        return Publication(PublishOutcome.NOT_PUBLISHED, str(e), auth_refused=e.auth)
+    except Exception as e:  # after a key-creating request left: only the store knows now
+        reason = str(e) if isinstance(e, AggregatorError | _Unknown) else type(e).__name__
+        _guard.value = None  # the HEAD below creates nothing
+        if _holds_archive(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex):
+            logger.warning("publish answer lost but the archive is stored", extra={"key": key, "reason": reason})
+            return Publication(PublishOutcome.PUBLISHED, reason)
+        logger.error("publish outcome unknown: claims are kept until the lease ends",
+                     extra={"key": key, "reason": reason})
+        return Publication(PublishOutcome.UNKNOWN, reason)
     finally:
-        _send_limit.value = None
+        _guard.value = None
+    logger.info("archive published", extra={"bucket": bucket, "key": key, "size": size, "parts": parts,
+                                            "sha256": sha256_hex})
+    return Publication(PublishOutcome.PUBLISHED, parts=parts)
 
 
 def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
-             part_bytes: int, deadline: float | None, clock: Callable[[], float]) -> None:
+             manifest: bytes, part_bytes: int, guard: _Guard, counted: bool) -> int:
+    """The upload; raises :class:`_Refused` while nothing can have created the key."""
     try:
+        if guard.deadline is not None:
+            guard.deadline.check_write("start the upload")
+        _put_sidecar(client, bucket=bucket, key=key, manifest=manifest)
         source.seek(0)
-    except (OSError, ValueError) as e:
-        raise DeliveryError("archive spool cannot be rewound") from e
-    metadata = {METADATA_KEY: sha256_hex}
-    if size <= part_bytes:
-        body = _read_exactly(source, size)
-        _ensure_consumed(source)
-        # Reading a spilled spool takes time: nothing may be sent once the deadline is near.
-        _check_deadline(deadline, clock, margin=MIN_START_SECONDS, what="send the upload")
-        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
-        _finish(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex, action="PutObject",
-                operation=lambda: client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata,
-                                                    ChecksumSHA256=checksum))
-        parts = 1
-    else:
-        parts = _multipart(client, bucket=bucket, key=key, source=source, size=size, sha256_hex=sha256_hex,
-                           part_bytes=max(part_bytes, -(-size // MAX_PARTS)), metadata=metadata,
-                           deadline=deadline, clock=clock)
+        metadata = {METADATA_KEY: sha256_hex}
+        if size <= part_bytes:
+            body = _read_exactly(source, size)
+            _ensure_consumed(source)
+            checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+            send: Callable[[], Any] = lambda: client.put_object(  # noqa: E731
+                Bucket=bucket, Key=key, Body=body, Metadata=metadata, ChecksumSHA256=checksum)
+            action, parts = "PutObject", 1
+            upload_id = None
+        else:
+            upload_id, completed = _upload_parts(client, bucket=bucket, key=key, source=source, size=size,
+                                                 sha256_hex=sha256_hex, metadata=metadata, guard=guard,
+                                                 part_bytes=max(part_bytes, -(-size // MAX_PARTS)))
+            send = lambda: client.complete_multipart_upload(  # noqa: E731
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": completed})
+            action, parts = "CompleteMultipartUpload", len(completed)
+        if guard.deadline is not None:
+            guard.deadline.check_write(action)  # reading a spilled spool takes time
+    except _Refused:
+        raise
+    except Exception as e:  # nothing that could create the key has left yet
+        reason = str(e) if isinstance(e, AggregatorError) else f"{type(e).__name__}: {e}"
+        raise _Refused(reason, auth=isinstance(e, DeliveryAuthError)) from e
+    try:
+        _send_key_creating(action, send, guard=guard, counted=counted)
+    except _Refused:
+        if upload_id is not None:
+            _abort(client, bucket=bucket, key=key, upload_id=upload_id)
+        raise
     _verify(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex)
-    logger.info("archive published", extra={"bucket": bucket, "key": key, "size": size, "parts": parts,
-                                            "sha256": sha256_hex})
+    return parts
 
 
-def _multipart(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
-               part_bytes: int, metadata: dict[str, str], deadline: float | None,
-               clock: Callable[[], float]) -> int:
+def _put_sidecar(client: S3Client, *, bucket: str, key: str, manifest: bytes) -> None:
+    digest = hashlib.sha256(manifest).digest()
+    _call("PutObject manifest", lambda: client.put_object(
+        Bucket=bucket, Key=sidecar_key(key), Body=manifest, ContentType="application/json",
+        Metadata={METADATA_KEY: digest.hex()}, ChecksumSHA256=base64.b64encode(digest).decode()))
+
+
+def _send_key_creating(action: str, send: Callable[[], Any], *, guard: _Guard, counted: bool) -> None:
+    """The request that makes the key appear: refused for sure, sent, or unknown."""
+    guard.sent = 0
+    try:
+        _call(action, send)
+    except OutOfTime as e:
+        if guard.sent == 0:
+            raise _Refused(str(e)) from e  # our hook stopped the first attempt: nothing left
+        raise _Unknown(f"{action}: a retry was refused after an unanswered attempt") from e
+    except DeliveryError as e:
+        attempts = guard.sent if counted else 1
+        if attempts <= 1 and _definitely_refused(e.__cause__):
+            raise _Refused(str(e), auth=isinstance(e, DeliveryAuthError)) from e
+        raise _Unknown(str(e)) from e
+
+
+def _definitely_refused(error: BaseException | None) -> bool:
+    """Whether a failed key-creating request was refused by the store itself before it took
+    the body: an S3 error code with a 4xx that no gateway gives for a request it passed on,
+    or a connection that never opened."""
+    if error is None:
+        return False
+    if type(error).__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ProxyConnectionError"):
+        return True
+    status = http_status(error)
+    code = error_code(error)
+    return (status is not None and 400 <= status < 500 and status not in _AMBIGUOUS_STATUS
+            and code is not None and not code.isdigit())
+
+
+def _upload_parts(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
+                  metadata: dict[str, str], guard: _Guard, part_bytes: int) -> tuple[str, list[CompletedPartTypeDef]]:
     created = _call("CreateMultipartUpload", lambda: client.create_multipart_upload(
         Bucket=bucket, Key=key, Metadata=metadata, ChecksumAlgorithm="SHA256"))
     upload_id = created["UploadId"]
@@ -214,26 +337,21 @@ def _multipart(client: S3Client, *, bucket: str, key: str, source: BinaryIO, siz
         parts: list[CompletedPartTypeDef] = []
         remaining = size
         while remaining:
-            if parts:
-                _check_deadline(deadline, clock, margin=MIN_START_SECONDS, what=f"start part {len(parts) + 1}")
             chunk = _read_exactly(source, min(part_bytes, remaining))
             remaining -= len(chunk)
             whole.update(chunk)
-            number = len(parts) + 1
-            parts.append(_upload_part(client, bucket=bucket, key=key, upload_id=upload_id, number=number,
+            if guard.deadline is not None:
+                guard.deadline.check_write(f"send part {len(parts) + 1}")
+            parts.append(_upload_part(client, bucket=bucket, key=key, upload_id=upload_id, number=len(parts) + 1,
                                       chunk=chunk))
             del chunk  # one part in memory at a time
         _ensure_consumed(source)
         if whole.hexdigest() != sha256_hex:
             raise DeliveryError("the archive's bytes do not match its declared SHA-256; upload aborted")
-        _check_deadline(deadline, clock, margin=MIN_START_SECONDS, what="complete the upload")
-        _finish(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex, action="CompleteMultipartUpload",
-                operation=lambda: client.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
     except BaseException:
         _abort(client, bucket=bucket, key=key, upload_id=upload_id)
         raise
-    return len(parts)
+    return upload_id, parts
 
 
 def _upload_part(client: S3Client, *, bucket: str, key: str, upload_id: str, number: int,
@@ -242,22 +360,6 @@ def _upload_part(client: S3Client, *, bucket: str, key: str, upload_id: str, num
     answer = _call(f"UploadPart {number}", lambda: client.upload_part(
         Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, ChecksumSHA256=checksum))
     return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
-
-
-def _finish(client: S3Client, *, bucket: str, key: str, size: int, sha256_hex: str, action: str,
-            operation: Callable[[], Any]) -> None:
-    """The request that makes the key appear. If its answer is lost (timeout, reset, 5xx)
-    the server may still have stored the object: a HEAD tells, so a publish that did
-    happen is not reported as failed (the caller would archive the objects again)."""
-    try:
-        _call(action, operation)
-    except DeliveryError as e:
-        status = http_status(e.__cause__) if e.__cause__ else None
-        if isinstance(e, DeliveryAuthError) or (status is not None and status < 500):
-            raise
-        if not _holds_archive(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex):
-            raise
-        logger.warning("publish answer lost but the archive is stored", extra={"key": key, "action": action})
 
 
 def _holds_archive(client: S3Client, *, bucket: str, key: str, size: int, sha256_hex: str) -> bool:
@@ -269,20 +371,25 @@ def _holds_archive(client: S3Client, *, bucket: str, key: str, size: int, sha256
 
 
 def _verify(client: S3Client, *, bucket: str, key: str, size: int, sha256_hex: str) -> None:
-    head = _call("HeadObject after upload", lambda: client.head_object(Bucket=bucket, Key=key))
+    """HEAD after a successful upload. The server already checked the bytes against our
+    checksum; this catches a server that drops metadata. Unanswered: trust the success."""
+    try:
+        head = _call("HeadObject after upload", lambda: client.head_object(Bucket=bucket, Key=key))
+    except DeliveryError:
+        logger.warning("could not verify a published archive", extra={"key": key}, exc_info=True)
+        return
     stored_size = head.get("ContentLength")
     stored_sha = head.get("Metadata", {}).get(METADATA_KEY)
     if stored_size == size and stored_sha == sha256_hex:
         return
-    # Not what was sent (a server that drops metadata, say): the key must not keep it.
+    # Not what was sent: the key must not keep it. Deleted for sure, it never held the objects.
+    detail = (f"stored object does not match the upload: length {stored_size} (sent {size}), "
+              f"{METADATA_KEY} {'matches' if stored_sha == sha256_hex else 'missing or different'}")
     try:
         _call("DeleteObject", lambda: client.delete_object(Bucket=bucket, Key=key))
-    except DeliveryError:
-        logger.warning("could not delete an unverifiable archive", extra={"key": key}, exc_info=True)
-    raise DeliveryError(
-        f"stored object does not match the upload: length {stored_size} (sent {size}), "
-        f"{METADATA_KEY} {'matches' if stored_sha == sha256_hex else 'missing or different'}"
-    )
+    except DeliveryError as e:
+        raise _Unknown(detail + "; and it could not be deleted") from e
+    raise _Refused(detail)
 
 
 def _abort(client: S3Client, *, bucket: str, key: str, upload_id: str) -> None:
@@ -294,14 +401,6 @@ def _abort(client: S3Client, *, bucket: str, key: str, upload_id: str) -> None:
         # (AbortIncompleteMultipartUpload) collects what this could not.
         logger.warning("could not abort a multipart upload", extra={"key": key, "upload_id": upload_id},
                        exc_info=True)
-
-
-def _check_deadline(deadline: float | None, clock: Callable[[], float], *, margin: float, what: str) -> None:
-    if deadline is None:
-        return
-    left = deadline - clock()
-    if left < margin:
-        raise OutOfTime(f"{left:.1f}s left before the deadline: too little to {what}")
 
 
 def _read_exactly(source: BinaryIO, count: int) -> bytes:
@@ -340,11 +439,9 @@ class MinioTarget:
     operation tried once more. An unchanged secret is not retried: it would fail the same way.
     """
 
-    def __init__(self, provider: SecretSource, client_factory: Callable[[MinioSecret], S3Client], *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, provider: SecretSource, client_factory: Callable[[MinioSecret], S3Client]) -> None:
         self._provider = provider
         self._factory = client_factory
-        self._clock = clock
         self._lock = threading.Lock()
         self._secret: MinioSecret | None = None
         self._client: S3Client | None = None
@@ -353,12 +450,55 @@ class MinioTarget:
     def bucket(self) -> str:
         return self._current()[0].bucket
 
-    def publish(self, *, key: str, source: BinaryIO, size: int, sha256_hex: str, part_bytes: int,
-                deadline: float | None = None) -> None:
-        """:func:`publish_archive` into the secret's bucket."""
-        self._with_auth_retry(lambda client, bucket: publish_archive(
-            client, bucket=bucket, key=key, source=source, size=size, sha256_hex=sha256_hex,
-            part_bytes=part_bytes, deadline=deadline, clock=self._clock))
+    def publish(self, *, key: str, source: BinaryIO, size: int, sha256_hex: str, manifest: bytes,
+                part_bytes: int, deadline: Deadline | None = None) -> Publication:
+        """:func:`publish_archive` into the secret's bucket; once more with a rotated secret
+        when MinIO refused the credentials and nothing was stored."""
+        def attempt(secret: MinioSecret, client: S3Client) -> Publication:
+            return publish_archive(client, bucket=secret.bucket, key=key, source=source, size=size,
+                                   sha256_hex=sha256_hex, manifest=manifest, part_bytes=part_bytes,
+                                   deadline=deadline)
+
+        secret, client = self._current()
+        publication = attempt(secret, client)
+        if publication.outcome is PublishOutcome.NOT_PUBLISHED and publication.auth_refused:
+            fresh, client = self._current(refresh=True)
+            if fresh != secret:
+                logger.info("MinIO refused the credentials; publishing once more with the rotated secret")
+                publication = attempt(fresh, client)
+        return publication
+
+    def listing(self, key: str) -> dict[str, Any] | None:
+        """The manifest of the archive ``key``, or None when the archive does not exist.
+
+        Bounded whatever the archive's size: a HEAD and a GET of the small sidecar. Raises
+        :class:`NoSidecar` for an archive published before sidecars existed, and
+        :class:`DeliveryError` when it cannot tell (the caller must not decide).
+        """
+        if not self.exists(key):
+            return None
+
+        def get_sidecar(client: S3Client, bucket: str) -> bytes | None:
+            try:
+                answer = _call("GetObject manifest", lambda: client.get_object(Bucket=bucket, Key=sidecar_key(key)))
+            except _NotFound:
+                return None
+            data: bytes = _call("reading a manifest", lambda: answer["Body"].read())
+            declared = answer.get("Metadata", {}).get(METADATA_KEY)
+            if declared != hashlib.sha256(data).hexdigest():
+                raise DeliveryError(f"the manifest of {key} does not match its {METADATA_KEY}")
+            return data
+
+        data = self._with_auth_retry(get_sidecar)
+        if data is None:
+            raise NoSidecar(f"{key} has no manifest sidecar (published before sidecars existed)")
+        try:
+            manifest = json.loads(data)
+        except ValueError as e:
+            raise DeliveryError(f"the manifest of {key} is not JSON") from e
+        if not isinstance(manifest, dict):
+            raise DeliveryError(f"the manifest of {key} is not a JSON object")
+        return manifest
 
     def exists(self, key: str) -> bool:
         def head(client: S3Client, bucket: str) -> bool:

@@ -18,6 +18,7 @@ import pytest
 import zstandard
 
 from aggregator import lambda_app
+from aggregator.delivery.publish import SIDECAR_PREFIX
 from tests.support.servers import MotoServer
 from tests.support.tables import create_claims_table
 
@@ -54,9 +55,9 @@ def world(moto_server: MotoServer, minio_target: Any, monkeypatch: pytest.Monkey
                         "POWERTOOLS_METRICS_NAMESPACE": "AggregatorTest",
                         "POWERTOOLS_SERVICE_NAME": "aggregator"}.items():
         monkeypatch.setenv(name, value)
-    lambda_app.reset_for_tests()
+    lambda_app.warm_dependencies.cache_clear()
     yield {"s3": s3, "minio": minio, "landing": landing, "archives": archives}
-    lambda_app.reset_for_tests()
+    lambda_app.warm_dependencies.cache_clear()
 
 
 def notification(bucket: str, key: str, head: dict[str, Any]) -> str:
@@ -78,6 +79,8 @@ def sqs_event(bodies: dict[str, str]) -> dict[str, Any]:
 def archives_in(minio: Any, bucket: str) -> dict[str, tuple[bytes, dict[str, str]]]:
     found = {}
     for item in minio.list_objects_v2(Bucket=bucket).get("Contents", []):
+        if item["Key"].startswith(SIDECAR_PREFIX):
+            continue  # each archive's manifest, also stored beside it
         response = minio.get_object(Bucket=bucket, Key=item["Key"])
         found[item["Key"]] = (response["Body"].read(), response["Metadata"])
     return found

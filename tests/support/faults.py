@@ -1,15 +1,14 @@
 """Test-side fault injection inside an invocation process (see tests/support/invoke.py).
 
 Nothing here touches production code paths: :func:`install` wraps the warm app's
-dependencies (``aggregator.lambda_app._get_app().deps``) from the outside, the way a test
+dependencies (``aggregator.lambda_app.warm_dependencies()``) from the outside, the way a test
 double would be injected, and reports every step it sees to a trace file:
 
 * ``deps.claims._client`` (the DynamoDB client inside the ClaimStore): points
-  ``claims.<operation>.before`` / ``.after`` for transact_write_items, batch_write_item,
-  put_item and delete_item;
+  ``claims.<operation>.before`` / ``.after`` for put_item and delete_item;
 * ``deps.fetch``: ``fetch.start``, then ``fetch.item`` for each result handed to the writer;
 * ``deps.target``: ``publish.before``, ``publish.read`` (with the bytes read from the spool so
-  far), ``publish.after``, ``target.exists``, ``target.open_object``;
+  far), ``publish.after``, ``target.listing``, ``target.open_object``;
 * the archive spool's free-space probe: ``spool.free_space``.
 
 A :class:`Plan` is a list of :class:`Rule` (plain JSON, so the parent process can send
@@ -22,8 +21,6 @@ hit from then on) the rule acts:
   makes the deadline arrive mid-archive);
 * ``sleep_until``: wait until ``seconds`` before the invocation's deadline;
 * ``raise``: raise the error named ``error`` (see :data:`ERRORS`);
-* ``unprocessed``: a BatchWriteItem that writes nothing and returns every item as
-  UnprocessedItems (DynamoDB throttling inside a batch);
 * ``full``: the spool's free-space probe answers 0 bytes (``/tmp`` is full).
 
 ``publish.read`` rules fire once ``bytes`` bytes of the archive have been read for upload.
@@ -45,7 +42,7 @@ from typing import Any, BinaryIO
 @dataclass(frozen=True)
 class Rule:
     point: str
-    action: str  # kill | sleep | sleep_until | raise | unprocessed | full
+    action: str  # kill | sleep | sleep_until | raise | full
     nth: int = 1
     times: int = 1  # 0: every hit from the nth on
     seconds: float = 0.0
@@ -129,7 +126,7 @@ class Plan:
     def hit(self, point: str, *, operation: str = "", kwargs: dict[str, Any] | None = None,
             **info: Any) -> list[Rule]:
         """Count a hit of ``point``, trace it, act on the rules that fire; the rules the
-        caller must act on itself (``unprocessed``, ``full``) are returned."""
+        caller must act on itself (``full``) are returned."""
         with self._lock:
             count = self.counts[point] = self.counts.get(point, 0) + 1
         self.trace(point, n=count, **info)
@@ -163,7 +160,7 @@ class Plan:
         elif rule.action == "raise":
             self.trace("raise", at=rule.point, error=rule.error)
             raise _error(rule.error, operation, kwargs)
-        elif rule.action in ("unprocessed", "full"):
+        elif rule.action == "full":
             left.append(rule)
         else:
             raise ValueError(f"unknown action {rule.action!r}")
@@ -188,7 +185,7 @@ class _PlanHolder:
 class _DynamoDBClient:
     """Stands in front of the ClaimStore's boto3 client."""
 
-    _WATCHED = ("transact_write_items", "batch_write_item", "put_item", "delete_item")
+    _WATCHED = ("put_item", "delete_item")
 
     def __init__(self, real: Any, holder: _PlanHolder) -> None:
         self._real = real
@@ -201,13 +198,9 @@ class _DynamoDBClient:
 
         def call(**kwargs: Any) -> Any:
             plan = self._holder.plan
-            items = len(kwargs.get("TransactItems", [])) or sum(
-                len(v) for v in kwargs.get("RequestItems", {}).values())
-            for rule in plan.hit(f"claims.{name}.before", operation=name, kwargs=kwargs, items=items):
-                if rule.action == "unprocessed" and name == "batch_write_item":
-                    return {"UnprocessedItems": kwargs["RequestItems"]}
+            plan.hit(f"claims.{name}.before", operation=name, kwargs=kwargs, items=1)
             answer = attribute(**kwargs)
-            plan.hit(f"claims.{name}.after", operation=name, kwargs=kwargs, items=items)
+            plan.hit(f"claims.{name}.after", operation=name, kwargs=kwargs, items=1)
             return answer
 
         return call
@@ -236,16 +229,17 @@ class _Target:
         self._real = real
         self._holder = holder
 
-    def publish(self, *, key: str, source: BinaryIO, **kwargs: Any) -> None:
+    def publish(self, *, key: str, source: BinaryIO, **kwargs: Any) -> Any:
         plan = self._holder.plan
         plan.hit("publish.before", key=key, size=kwargs.get("size"))
         reader = _CountingReader(source, self._holder)
-        self._real.publish(key=key, source=reader, **kwargs)
-        plan.hit("publish.after", key=key)
+        publication = self._real.publish(key=key, source=reader, **kwargs)
+        plan.hit("publish.after", key=key, outcome=publication.outcome.name)
+        return publication
 
-    def exists(self, key: str) -> bool:
-        self._holder.plan.hit("target.exists", operation="HeadObject", key=key)
-        return bool(self._real.exists(key))
+    def listing(self, key: str) -> Any:
+        self._holder.plan.hit("target.listing", operation="HeadObject", key=key)
+        return self._real.listing(key)
 
     def open_object(self, key: str) -> Any:
         self._holder.plan.hit("target.open_object", operation="GetObject", key=key)
@@ -272,7 +266,7 @@ def _wrap_fetch(real: Callable[..., Any], holder: _PlanHolder) -> Callable[..., 
 
 
 def _wrap_spool(holder: _PlanHolder) -> None:
-    import aggregator.pipeline as pipeline
+    import aggregator.pipeline.batch as pipeline
     from aggregator.archive.spool import ArchiveSpool, free_bytes
 
     def free_space(directory: str) -> int:

@@ -3,7 +3,7 @@
 The parent side (:class:`Function`) starts ``python -u -m tests.support.invoke`` in its own
 session with exactly the environment given (real clients are built from it: moto for S3,
 DynamoDB and Secrets Manager, the MinIO secret naming SeaweedFS), waits for its init phase
-(``_get_app()`` builds settings and clients, as a cold start does, then
+(``warm_dependencies()`` builds settings and clients, as a cold start does, then
 :func:`tests.support.faults.install` wraps the dependencies), then sends invocations::
 
     with Function(env, log_dir=tmp_path) as fn:
@@ -361,8 +361,7 @@ def _child(argv: list[str]) -> int:
         from tests.support import faults
 
         if options.get("warm_up", True):
-            app = lambda_app._get_app()
-            holder = faults.install(app.deps)
+            holder = faults.install(lambda_app.warm_dependencies())
         if options.get("sdk_debug"):
             import logging
 
