@@ -111,6 +111,9 @@ class World:
             "FETCH_PROCESSES": "1",
             # Short test deadlines: keep back 1.5 s for upload and commit instead of 10 s.
             "DEADLINE_RESERVE_MS": "1500",
+            # Leases end 1 s after the deadline, so redeliveries need not wait 30 s; one
+            # kill test runs with the default grace.
+            "LEASE_GRACE_SECONDS": "1",
             "POWERTOOLS_SERVICE_NAME": "aggregator",
             "POWERTOOLS_METRICS_NAMESPACE": "AggregatorTests",
             "LOG_LEVEL": "INFO",
