@@ -14,7 +14,7 @@ import base64
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -805,3 +805,69 @@ def test_other_errors_of_exists_are_delivery_errors() -> None:
     factory.clients[0].failures["HeadObject"] = [client_error("InternalError", 500, "HeadObject")]
     with pytest.raises(DeliveryError, match="InternalError"):
         target.exists("k")
+
+
+# --- the before-send guard on a real botocore client ---------------------------------------
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+def answering_client(answer: Callable[[str, str], tuple[int, bytes]]) -> Any:
+    """A real boto3 S3 client (its retries, its events) whose requests never leave: a
+    ``before-send`` handler answers each with ``answer(operation, url)``."""
+    import boto3
+    from botocore.awsrequest import AWSResponse, HTTPHeaders
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+                          aws_access_key_id="k", aws_secret_access_key="s",
+                          config=Config(retries={"mode": "standard", "max_attempts": 3}))
+
+    def respond(request: Any, event_name: str, **_: Any) -> Any:
+        status, body = answer(event_name.rsplit(".", 1)[-1], request.url)
+        return AWSResponse(request.url, status, HTTPHeaders(), _Raw(body))
+
+    client.meta.events.register_last("before-send.s3", respond)
+    return client
+
+
+def test_an_sdk_retry_past_the_write_cutoff_is_refused_and_the_outcome_is_unknown() -> None:
+    now = [0.0]
+    sent: list[str] = []
+
+    def answer(operation: str, url: str) -> tuple[int, bytes]:
+        sent.append(operation)
+        if operation == "PutObject" and "_manifests" not in url:
+            now[0] = 99.5  # the first attempt is unanswered and takes us past the cutoff
+            return 500, b"<Error><Code>InternalError</Code></Error>"
+        if operation == "HeadObject":
+            return 404, b""
+        return 200, b""
+
+    publication, _, _ = publish(answering_client(answer), 1000, deadline=fake_deadline(now))
+    assert publication.outcome is UNKNOWN  # the first attempt may have been stored
+    assert sent == ["PutObject", "PutObject", "HeadObject"]  # sidecar, one archive attempt, the check
+
+
+def test_an_sdk_retry_before_the_cutoff_is_sent() -> None:
+    attempts: list[str] = []
+
+    def answer(operation: str, url: str) -> tuple[int, bytes]:
+        if operation == "PutObject" and "_manifests" not in url:
+            attempts.append(url)
+            if len(attempts) == 1:
+                return 500, b"<Error><Code>InternalError</Code></Error>"
+        if operation == "HeadObject":
+            return 404, b""
+        return 200, b""
+
+    publication, _, _ = publish(answering_client(answer), 1000, deadline=fake_deadline([0.0]))
+    assert len(attempts) == 2
+    # The second attempt was answered; the verifying HEAD finds no object here: logged, and trusted.
+    assert publication.outcome is PUBLISHED
