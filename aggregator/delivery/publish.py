@@ -252,6 +252,7 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
 def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
              manifest: bytes, part_bytes: int, guard: _Guard, counted: bool) -> int:
     """The upload; raises :class:`_Refused` while nothing can have created the key."""
+    upload_id: str | None = None
     try:
         if guard.deadline is not None:
             guard.deadline.check_write("start the upload")
@@ -265,7 +266,6 @@ def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size:
             send: Callable[[], Any] = lambda: client.put_object(  # noqa: E731
                 Bucket=bucket, Key=key, Body=body, Metadata=metadata, ChecksumSHA256=checksum)
             action, parts = "PutObject", 1
-            upload_id = None
         else:
             upload_id, completed = _upload_parts(client, bucket=bucket, key=key, source=source, size=size,
                                                  sha256_hex=sha256_hex, metadata=metadata, guard=guard,
@@ -278,6 +278,8 @@ def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size:
     except _Refused:
         raise
     except Exception as e:  # nothing that could create the key has left yet
+        if upload_id is not None:  # parts sent, Complete refused (the deadline): no upload left pending
+            _abort(client, bucket=bucket, key=key, upload_id=upload_id)
         reason = str(e) if isinstance(e, AggregatorError) else f"{type(e).__name__}: {e}"
         raise _Refused(reason, auth=isinstance(e, DeliveryAuthError)) from e
     try:
