@@ -12,16 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from aggregator.base.codecs import CODECS, DEFAULT_CODEC, codec
 from aggregator.base.errors import ConfigError
 
 T = TypeVar("T")
 
-CODEC_LEVELS: dict[str, tuple[int, int, int | None]] = {
-    # codec: (lowest, highest, default). zstd 3 and zlib 6 are each library's own default.
-    "zstd": (1, 22, 3),
-    "gzip": (1, 9, 6),
-    "none": (0, 0, None),
-}
 ENVIRONMENTS = ("dev", "staging", "prod")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -39,8 +34,8 @@ class Settings:
     idempotency_table_name: str
     minio_secret_id: str
     archive_prefix: str = "archives"
-    compression: str = "zstd"
-    compression_level: int | None = 3
+    compression: str = DEFAULT_CODEC
+    compression_level: int | None = CODECS[DEFAULT_CODEC].default_level
     max_fetch_workers: int = 16
     fetch_processes: int = 1
     spool_max_memory_bytes: int = 64 * 1024 * 1024
@@ -59,17 +54,17 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        compression = _choice(env, "COMPRESSION", ("zstd", "gzip", "none"), "zstd")
-        low, high, default_level = CODEC_LEVELS[compression]
-        level = default_level
-        if compression != "none":
-            level = _int(env, "COMPRESSION_LEVEL", default_level or 0, low, high,
+        compression = _choice(env, "COMPRESSION", tuple(CODECS), DEFAULT_CODEC)
+        chosen = codec(compression)
+        level = chosen.default_level
+        if level is not None:
+            level = _int(env, "COMPRESSION_LEVEL", level, chosen.lowest_level, chosen.highest_level,
                          hint=f"for COMPRESSION={compression}")
         else:
             # Unused, but still checked: garbage must not pass silently. Any level some codec
             # accepts is allowed, so switching to none does not require unsetting the level.
-            _int(env, "COMPRESSION_LEVEL", 0, 0, max(high for _, high, _ in CODEC_LEVELS.values()),
-                 hint="(ignored for COMPRESSION=none)")
+            _int(env, "COMPRESSION_LEVEL", 0, 0, max(c.highest_level for c in CODECS.values()),
+                 hint=f"(ignored for COMPRESSION={compression})")
         environment = _choice(env, "ENVIRONMENT", ENVIRONMENTS, "dev")
         use_moto = _bool(env, "USE_MOTO")
         if use_moto and environment == "prod":
@@ -106,7 +101,7 @@ class Settings:
 
     @property
     def archive_extension(self) -> str:
-        return {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}[self.compression]
+        return codec(self.compression).extension
 
 
 def _check_moto_endpoints(env: Mapping[str, str]) -> None:

@@ -10,8 +10,9 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from aggregator.base import settings as settings_module
+from aggregator.base.codecs import CODECS
 from aggregator.base.errors import AggregatorError, ConfigError
-from aggregator.base.settings import CODEC_LEVELS, ENDPOINT_VARIABLES, Settings
+from aggregator.base.settings import ENDPOINT_VARIABLES, Settings
 
 REQUIRED = {"IDEMPOTENCY_TABLE_NAME": "claims-table", "MINIO_SECRET_ID": "aggregator/minio"}
 
@@ -180,7 +181,7 @@ def test_several_bad_values_give_one_error() -> None:
 
 @pytest.mark.parametrize("codec", ["zstd", "gzip"])
 def test_compression_level_bounds(codec: str) -> None:
-    low, high, _ = CODEC_LEVELS[codec]
+    low, high = CODECS[codec].lowest_level, CODECS[codec].highest_level
     assert build(COMPRESSION=codec, COMPRESSION_LEVEL=str(low)).compression_level == low
     assert build(COMPRESSION=codec, COMPRESSION_LEVEL=str(high)).compression_level == high
     for bad in (low - 1, high + 1):
@@ -191,8 +192,8 @@ def test_compression_level_bounds(codec: str) -> None:
 
 
 def test_codec_ranges() -> None:
-    assert CODEC_LEVELS["zstd"][:2] == (1, 22)
-    assert CODEC_LEVELS["gzip"][:2] == (1, 9)
+    assert (CODECS["zstd"].lowest_level, CODECS["zstd"].highest_level) == (1, 22)
+    assert (CODECS["gzip"].lowest_level, CODECS["gzip"].highest_level) == (1, 9)
 
 
 def test_level_valid_for_zstd_is_refused_for_gzip() -> None:
