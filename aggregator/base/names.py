@@ -1,8 +1,8 @@
 """Names derived from an object: its claim id, its tar member name, its archive's key.
 
 Member names are safe to extract on Linux, macOS and Windows, and injective. Each
-``/``-separated segment of ``{bucket}/{key}`` is escaped like this (``docs/contract.md``,
-"Archive members"):
+``/``-separated segment of ``{bucket}/{key}`` is escaped like this (``docs/contract.md`` §5,
+"Member names"):
 
 * ``%``, control characters (Unicode ``Cc``), format characters (``Cf``: bidi controls,
   zero-width characters, soft hyphen...), line and paragraph separators, the backslash and

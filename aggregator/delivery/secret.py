@@ -1,4 +1,4 @@
-"""The MinIO secret (docs/contract.md, "The MinIO secret"): its shape, its validation and its cache.
+"""The MinIO secret (docs/contract.md §3): its shape, its validation and its cache.
 
 The secret is a JSON object in Secrets Manager::
 

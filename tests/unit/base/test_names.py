@@ -1,4 +1,4 @@
-"""Claim ids, tar member names and archive keys (docs/contract.md: "Archives" and "Claims")."""
+"""Claim ids, tar member names and archive keys (docs/contract.md §5 and §7)."""
 
 from __future__ import annotations
 

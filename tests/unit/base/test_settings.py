@@ -1,4 +1,4 @@
-"""Settings.from_env: contract section 2 defaults, one ConfigError per bad value."""
+"""Settings.from_env: docs/contract.md §2 defaults, one ConfigError per bad value."""
 
 from __future__ import annotations
 
