@@ -349,6 +349,13 @@ def test_the_invisible_character_class_matches_unicodedata() -> None:
     assert escaped - set(invisible) == set('%<>:"|?*\\')
 
 
+def test_the_ascii_class_is_the_full_class_on_ascii() -> None:
+    from aggregator.base.names import _NEEDS_ESCAPE, _NEEDS_ESCAPE_ASCII
+
+    for c in map(chr, range(128)):
+        assert bool(_NEEDS_ESCAPE.fullmatch(c)) is bool(_NEEDS_ESCAPE_ASCII.fullmatch(c)), repr(c)
+
+
 @pytest.mark.parametrize("segment", ["CON", "con", "Nul.txt", "aux.tar.gz", "COM1", "lpt9.x", "com\u00b2", "PRN  .txt",
                                      "CONIN$", "conout$.log"])
 def test_windows_device_names_are_mapped(segment: str) -> None:
