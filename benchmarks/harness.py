@@ -40,10 +40,11 @@ from aggregator import clients
 from aggregator.archive import ArchiveWriter, open_decompressor
 from aggregator.archive.spool import ArchiveSpool
 from aggregator.archive.tarread import iter_entries
+from aggregator.base.codecs import CODECS
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import archive_key, new_archive_id, object_id
 from aggregator.base.objects import Fetched, Missing, Streamed
-from aggregator.base.settings import CODEC_LEVELS, Settings
+from aggregator.base.settings import Settings
 from aggregator.claims.store import ClaimStore
 from aggregator.delivery.publish import publish_archive
 from aggregator.delivery.secret import MinioSecret
@@ -403,7 +404,7 @@ class EngineConfig:
 
     @property
     def label(self) -> str:
-        level = "" if self.codec == "none" else f"-{self.level or CODEC_LEVELS[self.codec][2]}"
+        level = "" if self.codec == "none" else f"-{self.level or CODECS[self.codec].default_level}"
         return f"{self.codec}{level} w{self.workers} p{self.processes}"
 
 

@@ -1,4 +1,5 @@
-"""Compression codecs: a registry of streaming compressors and their decompressors.
+"""Compression codecs: each codec of the table in :mod:`aggregator.base.codecs` paired with
+its streaming compressor and decompressor (one :class:`_Streams` entry per codec).
 
 ``CODECS[name](sink, level=..., threads=...)`` returns a stream whose ``write`` compresses
 into ``sink`` and whose ``close`` ends the compressed frame without closing ``sink``:
@@ -21,13 +22,12 @@ from __future__ import annotations
 import io
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import BinaryIO, Final, Protocol, TypeVar
+from typing import BinaryIO, Final, Protocol
 
 from aggregator.archive.errors import ArchiveReadError
-from aggregator.base.settings import CODEC_LEVELS
-
-_T = TypeVar("_T")
+from aggregator.base import codecs as table
 
 
 class Sink(Protocol):
@@ -47,13 +47,10 @@ class CodecFactory(Protocol):
     def __call__(self, sink: Sink, *, level: int | None, threads: int) -> CompressStream: ...
 
 
-EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"})
-
-
 def _default_level(name: str, level: int | None) -> int:
     if level is not None:
         return level
-    default = CODEC_LEVELS[name][2]
+    default = table.codec(name).default_level
     assert default is not None
     return default
 
@@ -112,12 +109,9 @@ def _none(sink: Sink, *, level: int | None, threads: int) -> CompressStream:
     return _Uncompressed(sink)
 
 
-CODECS: Final[Mapping[str, CodecFactory]] = MappingProxyType({"zstd": _zstd, "gzip": _gzip, "none": _none})
-
-
 def open_compressor(name: str, sink: Sink, *, level: int | None = None, threads: int = 0) -> CompressStream:
     """The named codec's stream into ``sink``; ``level=None`` is the codec's default."""
-    return _lookup(CODECS, name)(sink, level=level, threads=threads)
+    return _streams(name).open(sink, level=level, threads=threads)
 
 
 # -- reading back -------------------------------------------------------------------------
@@ -202,9 +196,23 @@ def _gzip_reader(source: BinaryIO) -> _DecompressingReader:
     return _DecompressingReader(source, lambda: zlib.decompressobj(31), (zlib.error,), "gzip")
 
 
-_READERS: Final[Mapping[str, Callable[[BinaryIO], _DecompressingReader] | None]] = MappingProxyType(
-    {"zstd": _zstd_reader, "gzip": _gzip_reader, "none": None}
-)
+@dataclass(frozen=True, slots=True)
+class _Streams:
+    open: CodecFactory
+    read: Callable[[BinaryIO], _DecompressingReader] | None  # None: the stored bytes are the tar
+
+
+_STREAMS: Final[Mapping[str, _Streams]] = MappingProxyType({
+    "zstd": _Streams(_zstd, _zstd_reader),
+    "gzip": _Streams(_gzip, _gzip_reader),
+    "none": _Streams(_none, None),
+})
+if set(_STREAMS) != set(table.CODECS):  # a row of the table without its streams, or the reverse
+    raise ImportError(f"codec streams {sorted(_STREAMS)} do not match the codec table {sorted(table.CODECS)}")
+
+CODECS: Final[Mapping[str, CodecFactory]] = MappingProxyType({name: s.open for name, s in _STREAMS.items()})
+# Derived from the table, for callers that hold a codec name and need its key's extension.
+EXTENSIONS: Final[Mapping[str, str]] = MappingProxyType({c.name: c.extension for c in table.CODECS.values()})
 
 
 def open_decompressor(name: str, source: BinaryIO) -> BinaryIO:
@@ -214,14 +222,11 @@ def open_decompressor(name: str, source: BinaryIO) -> BinaryIO:
     early. An uncompressed archive is ``source`` itself: its tar trailer is what proves
     it complete.
     """
-    reader = _lookup(_READERS, name)
+    reader = _streams(name).read
     if reader is None:
         return source
     return io.BufferedReader(reader(source), buffer_size=64 * 1024)
 
 
-def _lookup(registry: Mapping[str, _T], name: str) -> _T:
-    try:
-        return registry[name]
-    except KeyError:
-        raise ValueError(f"unknown codec {name!r}; known: {', '.join(registry)}") from None
+def _streams(name: str) -> _Streams:
+    return _STREAMS[table.codec(name).name]  # table.codec raises ValueError for an unknown name

@@ -47,6 +47,3 @@ class HashingWriter:
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
-
-    def digest(self) -> bytes:
-        return self._sha.digest()

@@ -1,4 +1,4 @@
-"""MANIFEST.json, the last member of every archive (contract section 5), and reading it back.
+"""MANIFEST.json, the last member of every archive (docs/contract.md §5), and reading it back.
 
     {"archive_id": ..., "created_at": "2025-01-02T03:04:05Z", "codec": "zstd",
      "objects": [{"bucket", "key", "member", "size", "sha256", "etag", "version_id",

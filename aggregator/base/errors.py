@@ -7,9 +7,11 @@
     │   ├── ClaimStoreError    DynamoDB failed after retries
     │   ├── DeliveryError      MinIO upload or verification failed
     │   └── OutOfTime          the invocation's deadline is too close to go on
-    ├── PermanentError     will never succeed as it is: the message goes to the DLQ
-    │   └── MalformedMessage   a body that is no known event shape
-    └── ObjectMissing      the named version is gone: acknowledge and count
+    └── PermanentError     will never succeed as it is: the message goes to the DLQ
+        └── MalformedMessage   a body that is no known event shape
+
+An object whose named version is gone is not an error: the fetch layer reports it as a
+``Missing`` result (acknowledged and counted).
 
 Service error codes are mapped to this tree in one function per adapter.
 Messages never contain credentials: adapters raise with their own wording ``from`` the
@@ -53,7 +55,3 @@ class PermanentError(AggregatorError):
 
 class MalformedMessage(PermanentError):
     """An SQS message body that is not one of the accepted event shapes."""
-
-
-class ObjectMissing(AggregatorError):
-    """The object no longer exists at the version the event names (404 / 412)."""

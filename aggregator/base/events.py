@@ -1,6 +1,6 @@
 """Turns one SQS message body into the objects it names.
 
-Accepted bodies (contract section 4):
+Accepted bodies (docs/contract.md §4):
 
 * an S3 event notification ``{"Records": [...]}``; keys are URL-encoded with ``+`` for
   space, exactly as S3 sends them, so they are decoded with ``unquote_plus``;

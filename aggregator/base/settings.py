@@ -12,17 +12,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from aggregator.base.codecs import CODECS, DEFAULT_CODEC, codec
 from aggregator.base.errors import ConfigError
 
 T = TypeVar("T")
 
-CODEC_LEVELS: dict[str, tuple[int, int, int | None]] = {
-    # codec: (lowest, highest, default). zstd 3 and zlib 6 are each library's own default.
-    "zstd": (1, 22, 3),
-    "gzip": (1, 9, 6),
-    "none": (0, 0, None),
-}
 ENVIRONMENTS = ("dev", "staging", "prod")
+# An in-progress claim is written with ExpiresAt = claim time + IDEMPOTENCY_TTL_SECONDS and a
+# lease that ends at the deadline + LEASE_GRACE_SECONDS, so the TTL must outlive the longest
+# lease, or DynamoDB may delete a live claim under its holder. The code cannot know the
+# function's configured timeout when settings are read, so it assumes Lambda's maximum. The
+# margin covers clock skew between the function and DynamoDB's TTL clock, and ExpiresAt's
+# rounding to whole seconds, with room to spare.
+MAX_FUNCTION_TIMEOUT_SECONDS = 900
+TTL_MARGIN_SECONDS = 300
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 # Endpoint variables that make the SDK talk to something other than real AWS.
@@ -39,8 +42,8 @@ class Settings:
     idempotency_table_name: str
     minio_secret_id: str
     archive_prefix: str = "archives"
-    compression: str = "zstd"
-    compression_level: int | None = 3
+    compression: str = DEFAULT_CODEC
+    compression_level: int | None = CODECS[DEFAULT_CODEC].default_level
     max_fetch_workers: int = 16
     fetch_processes: int = 1
     spool_max_memory_bytes: int = 64 * 1024 * 1024
@@ -48,7 +51,6 @@ class Settings:
     # How long after an invocation's deadline its claims stay its own (base/deadline.py).
     lease_grace_seconds: int = 30
     environment: str = "dev"
-    use_moto: bool = False
     # Beyond the contract: tuning knobs with safe defaults.
     fetch_queue_depth: int = 64
     zstd_threads: int = 0
@@ -57,21 +59,23 @@ class Settings:
     deadline_reserve_ms: int = 10_000
     # The SDK's region as Lambda sets it: boto3 itself reads only AWS_DEFAULT_REGION.
     aws_region: str | None = None
+    # Plain-HTTP MinIO endpoints are refused with ENVIRONMENT=prod unless this is set.
+    minio_allow_http: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        compression = _choice(env, "COMPRESSION", ("zstd", "gzip", "none"), "zstd")
-        low, high, default_level = CODEC_LEVELS[compression]
-        level = default_level
-        if compression != "none":
-            level = _int(env, "COMPRESSION_LEVEL", default_level or 0, low, high,
+        compression = _choice(env, "COMPRESSION", tuple(CODECS), DEFAULT_CODEC)
+        chosen = codec(compression)
+        level = chosen.default_level
+        if level is not None:
+            level = _int(env, "COMPRESSION_LEVEL", level, chosen.lowest_level, chosen.highest_level,
                          hint=f"for COMPRESSION={compression}")
         else:
             # Unused, but still checked: garbage must not pass silently. Any level some codec
             # accepts is allowed, so switching to none does not require unsetting the level.
-            _int(env, "COMPRESSION_LEVEL", 0, 0, max(high for _, high, _ in CODEC_LEVELS.values()),
-                 hint="(ignored for COMPRESSION=none)")
+            _int(env, "COMPRESSION_LEVEL", 0, 0, max(c.highest_level for c in CODECS.values()),
+                 hint=f"(ignored for COMPRESSION={compression})")
         environment = _choice(env, "ENVIRONMENT", ENVIRONMENTS, "dev")
         use_moto = _bool(env, "USE_MOTO")
         if use_moto and environment == "prod":
@@ -99,17 +103,38 @@ class Settings:
             idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", 15 * 24 * 3600, 60, 10 * 365 * 24 * 3600),
             lease_grace_seconds=_int(env, "LEASE_GRACE_SECONDS", 30, 1, 300),
             environment=environment,
-            use_moto=use_moto,
             fetch_queue_depth=_int(env, "FETCH_QUEUE_DEPTH", 64, 1, 4096),
             zstd_threads=_int(env, "ZSTD_THREADS", 0, 0, 64),
             multipart_part_bytes=_int(env, "MULTIPART_PART_BYTES", 16 << 20, 5 << 20, 512 << 20),
             deadline_reserve_ms=_int(env, "DEADLINE_RESERVE_MS", 10_000, 0, 600_000),
             aws_region=(env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip() or None,
+            minio_allow_http=_bool(env, "MINIO_ALLOW_HTTP"),
         )
+
+    def __post_init__(self) -> None:
+        # Checked here rather than in from_env so that a Settings built directly obeys it too.
+        floor = ttl_floor_seconds(self.lease_grace_seconds)
+        if self.idempotency_ttl_seconds < floor:
+            raise ConfigError(
+                f"IDEMPOTENCY_TTL_SECONDS must be at least {floor} "
+                f"with LEASE_GRACE_SECONDS={self.lease_grace_seconds}: "
+                f"a claim must outlive the longest lease (Lambda's maximum timeout, {MAX_FUNCTION_TIMEOUT_SECONDS} s, "
+                f"plus the grace) by a margin of {TTL_MARGIN_SECONDS} s; got {self.idempotency_ttl_seconds}"
+            )
+
+    @property
+    def minio_http_allowed(self) -> bool:
+        """Whether the MinIO secret may name an ``http://`` endpoint: outside prod, or when allowed."""
+        return self.environment != "prod" or self.minio_allow_http
 
     @property
     def archive_extension(self) -> str:
-        return {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}[self.compression]
+        return codec(self.compression).extension
+
+
+def ttl_floor_seconds(lease_grace_seconds: int) -> int:
+    """The shortest IDEMPOTENCY_TTL_SECONDS that outlives every lease, with the margin."""
+    return MAX_FUNCTION_TIMEOUT_SECONDS + lease_grace_seconds + TTL_MARGIN_SECONDS
 
 
 def _check_moto_endpoints(env: Mapping[str, str]) -> None:

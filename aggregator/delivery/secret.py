@@ -1,4 +1,4 @@
-"""The MinIO secret (contract section 3): its shape, its validation and its cache.
+"""The MinIO secret (docs/contract.md §3): its shape, its validation and its cache.
 
 The secret is a JSON object in Secrets Manager::
 
@@ -9,6 +9,10 @@ The secret is a JSON object in Secrets Manager::
 Rotation is picked up without a redeploy: :class:`MinioSecretProvider` keeps the parsed
 secret for at most ``max_age_seconds`` (5 minutes) and fetches it again at once when the
 caller asks for a refresh after an authentication error.
+
+A plain ``http://`` endpoint is refused where the caller says so (``allow_http=False``: the
+function passes ``Settings.minio_http_allowed``, false with ``ENVIRONMENT=prod`` unless
+``MINIO_ALLOW_HTTP=true``): credentials and archives would cross the network in clear.
 
 ``access_key`` and ``secret_key`` never reach a log line, a metric or an exception:
 validation errors name the field, never its value; :class:`MinioSecret`'s ``repr`` redacts
@@ -65,8 +69,11 @@ class MinioSecret:
         return self.endpoint_url.lower().startswith("https://")
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> MinioSecret:
-        """Parse and validate the secret; raise :class:`ConfigError` naming the bad field."""
+    def from_json(cls, text: str | bytes, *, allow_http: bool = True) -> MinioSecret:
+        """Parse and validate the secret; raise :class:`ConfigError` naming the bad field.
+
+        ``allow_http=False`` also refuses an ``http://`` endpoint, naming MINIO_ALLOW_HTTP.
+        """
         try:
             document = json.loads(text)
         except (ValueError, UnicodeDecodeError):
@@ -75,7 +82,7 @@ class MinioSecret:
         if not isinstance(document, dict):
             raise ConfigError("MinIO secret must be a JSON object")
         return cls(
-            endpoint_url=_endpoint_url(document),
+            endpoint_url=_endpoint_url(document, allow_http=allow_http),
             access_key=_required_text(document, "access_key"),
             secret_key=_required_text(document, "secret_key"),
             bucket=_bucket(document),
@@ -103,7 +110,7 @@ def _optional_text(document: dict[str, Any], name: str) -> str | None:
     return value.strip() or None
 
 
-def _endpoint_url(document: dict[str, Any]) -> str:
+def _endpoint_url(document: dict[str, Any], *, allow_http: bool) -> str:
     raw = _required_text(document, "endpoint_url")
     # The value is not echoed: an operator may have put credentials in it by mistake.
     try:
@@ -113,6 +120,9 @@ def _endpoint_url(document: dict[str, Any]) -> str:
         raise ConfigError("MinIO secret field 'endpoint_url' is not a valid URL") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise ConfigError("MinIO secret field 'endpoint_url' must start with http:// or https://")
+    if parts.scheme.lower() == "http" and not allow_http:
+        raise ConfigError("MinIO secret field 'endpoint_url' is plain http:// with ENVIRONMENT=prod: use https://, "
+                          "or set MINIO_ALLOW_HTTP=true to accept an unencrypted endpoint deliberately")
     if not parts.hostname:
         raise ConfigError("MinIO secret field 'endpoint_url' has no host")
     if parts.username is not None or parts.password is not None:
@@ -166,7 +176,7 @@ class MinioSecretProvider:
     """
 
     def __init__(self, secrets_client: Any, secret_id: str, *, max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, allow_http: bool = True) -> None:
         if max_age_seconds < 0:
             raise ValueError("max_age_seconds must not be negative")
         # Imported here so that importing this module stays cheap and free of boto3 (the
@@ -177,6 +187,7 @@ class MinioSecretProvider:
         self._secret_id = secret_id
         self._max_age = max_age_seconds
         self._clock = clock
+        self._allow_http = allow_http
         self._lock = threading.Lock()
         self._cached: MinioSecret | None = None
         self._fetched_at = 0.0
@@ -191,7 +202,7 @@ class MinioSecretProvider:
             now = self._clock()
             if not refresh and self._cached is not None and now - self._fetched_at < self._max_age:
                 return self._cached
-            secret = MinioSecret.from_json(self._fetch())
+            secret = MinioSecret.from_json(self._fetch(), allow_http=self._allow_http)
             self._cached, self._fetched_at = secret, now
             return secret
 

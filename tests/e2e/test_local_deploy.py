@@ -106,7 +106,7 @@ def test_function(endpoint: str, stack: Stack) -> None:
     assert environment["IDEMPOTENCY_TABLE_NAME"] == stack.physical("IdempotencyTable")
     # The deployed environment is one the code accepts, pointed at moto.
     settings = Settings.from_env({**environment, "AWS_ENDPOINT_URL": endpoint})
-    assert settings.use_moto and settings.environment == "dev"
+    assert environment["USE_MOTO"] == "true" and settings.environment == "dev"
 
 
 def test_event_source_mapping(endpoint: str, stack: Stack) -> None:

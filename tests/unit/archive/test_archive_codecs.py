@@ -11,7 +11,8 @@ import pytest
 import zstandard
 
 from aggregator.archive import CODECS, EXTENSIONS, ArchiveReadError, open_compressor, open_decompressor
-from aggregator.base.settings import CODEC_LEVELS, Settings
+from aggregator.base import codecs as table
+from aggregator.base.settings import Settings
 
 
 class RecordingSink(io.BytesIO):
@@ -38,11 +39,30 @@ PIECES = [b"", b"hello " * 1000, bytes(range(256)) * 300, b"x", b"tail"]
 
 
 def test_registry_names_match_settings_and_extensions() -> None:
-    assert set(CODECS) == set(EXTENSIONS) == set(CODEC_LEVELS)
+    assert set(CODECS) == set(EXTENSIONS) == set(table.CODECS)
     assert dict(EXTENSIONS) == {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
     for name, extension in EXTENSIONS.items():
         settings = Settings(idempotency_table_name="t", minio_secret_id="s", compression=name)
         assert settings.archive_extension == extension
+
+
+def test_the_table_answers_for_names_and_keys() -> None:
+    assert table.extension("gzip") == ".tar.gz"
+    assert table.codec("zstd").default_level == 3 and table.codec("none").default_level is None
+    for name, extension in EXTENSIONS.items():
+        found = table.codec_for_key(f"archives/2025/03/04/05/20250304T050607Z-abc{extension}")
+        assert found is not None and found.name == name
+    assert table.codec_for_key("archives/x.tar.bz2") is None
+    assert table.codec_for_key("archives/x.zst") is None
+    with pytest.raises(ValueError, match="unknown codec 'lz4'; known: zstd, gzip, none"):
+        table.codec("lz4")
+    with pytest.raises(ValueError, match="unknown codec"):
+        open_compressor("lz4", io.BytesIO())
+
+
+def test_a_default_level_outside_its_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="default level"):
+        table.Codec("x", ".tar.x", 1, 3, 4)
 
 
 @pytest.mark.parametrize("level", [None, 1, 3])

@@ -1,4 +1,4 @@
-"""parse_body over every accepted shape (contract section 4) and the ways a body is wrong."""
+"""parse_body over every accepted shape (docs/contract.md §4) and the ways a body is wrong."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""Claim ids, tar member names and archive keys (contract sections 5 and 7)."""
+"""Claim ids, tar member names and archive keys (docs/contract.md §5 and §7)."""
 
 from __future__ import annotations
 
 import hashlib
+import ntpath
 import os
+import posixpath
 import re
 import tarfile
 import time
@@ -110,7 +112,7 @@ def test_shards_spread() -> None:
         ("x/.", "src/x/%2E"),
         ("dir/", "src/dir/%"),
         ("/", "src/%/%"),
-        ("...", "src/..."),
+        ("...", "src/..%2E"),
         (".hidden/..x", "src/.hidden/..x"),
         ("50%", "src/50%25"),
         ("%2E%2E", "src/%252E%252E"),
@@ -118,7 +120,29 @@ def test_shards_spread() -> None:
         ("line\nbreak\ttab\x00nul\x7fdel", "src/line%0Abreak%09tab%00nul%7Fdel"),
         ("c1\x85\x9f", "src/c1%C2%85%C2%9F"),
         ("a+b c", "src/a+b c"),
-        ("back\\slash", "src/back\\slash"),
+        ("back\\slash", "src/back%5Cslash"),
+        ("..\\..\\evil.txt", "src/..%5C..%5Cevil.txt"),
+        ("C:\\Windows\\x", "src/C%3A%5CWindows%5Cx"),
+        ("C:", "src/C%3A"),
+        ("a:stream", "src/a%3Astream"),
+        ('<>"|?*', "src/%3C%3E%22%7C%3F%2A"),
+        ("CON", "src/%43ON"),
+        ("dir/nul.txt", "src/dir/%6Eul.txt"),
+        ("Lpt9.tar.gz/x", "src/%4Cpt9.tar.gz/x"),
+        ("com1 .log", "src/%63om1 .log"),
+        ("CONOUT$", "src/%43ONOUT$"),
+        ("COM\u00b9", "src/%43OM\u00b9"),
+        ("CONSOLE", "src/CONSOLE"),
+        ("COM10", "src/COM10"),
+        ("nul_x", "src/nul_x"),
+        ("trailing.", "src/trailing%2E"),
+        ("trailing ", "src/trailing%20"),
+        ("dir. /x", "src/dir.%20/x"),
+        (". ", "src/.%20"),
+        ("evil\u202egnp.exe", "src/evil%E2%80%AEgnp.exe"),
+        ("zero\u200bwidth\ufeff", "src/zero%E2%80%8Bwidth%EF%BB%BF"),
+        ("soft\u00adhyphen", "src/soft%C2%ADhyphen"),
+        ("line\u2028sep", "src/line%E2%80%A8sep"),
     ],
 )
 def test_member_name_examples(key: str, member: str) -> None:
@@ -141,26 +165,57 @@ def test_segment_escaping_is_exact() -> None:
 # Keys built to hit the hard cases: separators, dots, percent signs, controls, unicode.
 _PARTS = st.sampled_from(
     ["/", "/", "/", ".", "..", "%", "%2E", "%25", "%v2", "+", " ", "\x00", "\n", "\x1f", "\x7f", "\x85", "\u2028",
-     "é", "日本", "📷", "\\", "#", "a", "b"]
+     "é", "日本", "📷", "\\", "#", "a", "b", "C:", ":", "CON", "nul", "com1", "Lpt\u00b9",
+     ".txt", " ", ". ", "\u202e", "\u200b", "\ufeff", "\u00ad", "\U000e0041", "*", "?", "<", '"', "|"]
 )
 keys = st.one_of(
     st.lists(_PARTS, max_size=12).map("".join),
     st.text(st.characters(codec="utf-8"), max_size=60),
     st.lists(st.sampled_from(["", ".", "..", "x", "%", " "]), max_size=6).map("/".join),
+    st.lists(st.sampled_from(["CON", "aux.txt", "x.", "y ", "C:", "..\\..", "nul .log", "\u2066"]), max_size=6)
+    .map("/".join),
 )
-buckets = st.sampled_from(["src", "my.bucket", "a-b-c", "x" * 63])
+buckets = st.sampled_from(["src", "my.bucket", "a-b-c", "x" * 63, "con", "aux", "lpt1"])
 
 
-def _is_control(char: str) -> bool:
-    return unicodedata.category(char) == "Cc"
+_WINDOWS_FORBIDDEN = set('<>:"|?*\\')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{device}{n}" for device in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"
+}
+
+
+def _invisible(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+
+
+def assert_posix_safe(name: str) -> None:
+    """Extracts inside the target on Linux and macOS: relative, no dot or empty segment."""
+    assert not posixpath.isabs(name), name
+    for segment in name.split("/"):
+        assert segment not in ("", ".", ".."), name
+    assert posixpath.normpath(name) == name, name  # nothing to collapse, nothing climbs out
+    assert "\x00" not in name
+    name.encode("utf-8")  # pax headers are UTF-8
+
+
+def assert_windows_safe(name: str) -> None:
+    """Extracts inside the target on Windows, under the file name it was given."""
+    assert ntpath.splitdrive(name)[0] == "", name
+    assert not ntpath.isabs(name), name
+    assert not _WINDOWS_FORBIDDEN & set(name), name  # backslash: a separator; ':' a drive or stream
+    for segment in name.split("/"):
+        assert segment not in ("", ".", ".."), name
+        assert not segment.endswith((".", " ")), name  # Windows would strip them: another name
+        assert segment.partition(".")[0].rstrip(" ").upper() not in _WINDOWS_DEVICES, name
+    normalised = ntpath.normpath(name)
+    assert not normalised.startswith(".."), name
+    assert ntpath.join("C:\\target", name).startswith("C:\\target\\")
 
 
 def assert_safe(name: str) -> None:
-    assert not name.startswith("/")
-    for segment in name.split("/"):
-        assert segment not in ("", ".", ".."), name
-    assert not any(_is_control(c) for c in name), name
-    name.encode("utf-8")  # pax headers are UTF-8
+    assert_posix_safe(name)
+    assert_windows_safe(name)
+    assert not any(_invisible(c) for c in name), name  # no control, bidi or zero-width character
 
 
 @hsettings(deadline=None, max_examples=500)
@@ -168,7 +223,7 @@ def assert_safe(name: str) -> None:
 def test_member_name_is_safe_and_reversible(bucket: str, key: str) -> None:
     name = member_name(bucket, key)
     assert_safe(name)
-    assert name.split("/")[0] == bucket
+    assert unescape_segment(name.split("/")[0]) == bucket
     assert "%v" not in name  # reserved for MemberNames' version suffix
     assert unescape_member(name) == (bucket, key)
 
@@ -247,6 +302,67 @@ def test_member_names_are_unique_within_an_archive(objects: list[tuple[str, str]
     assert len(set(assigned)) == len(assigned)
     for name in assigned:
         assert_safe(name)
+
+
+def test_a_file_and_a_folder_of_the_same_name_get_distinct_names() -> None:
+    names = MemberNames()
+    assert [names.assign("src", k) for k in ("a", "a/b", "a/c/d", "a", "a/b")] == [
+        "src/a", "src/a%v2/b", "src/a%v2/c/d", "src/a%v3", "src/a%v2/b%v2"]
+    names = MemberNames()
+    assert [names.assign("src", k) for k in ("a/b", "a", "a/b/c", "a/b")] == [
+        "src/a/b", "src/a%v2", "src/a/b%v2/c", "src/a/b%v3"]
+
+
+def test_a_bucket_and_a_key_of_the_same_name_do_not_clash() -> None:
+    names = MemberNames()
+    assert names.assign("src", "") == "src/%"
+    assert names.assign("src", "x") == "src/x"
+
+
+def _folders(name: str) -> set[str]:
+    segments = name.split("/")
+    return {"/".join(segments[:i]) for i in range(1, len(segments))}
+
+
+@hsettings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(buckets, st.one_of(keys, st.lists(st.sampled_from(["a", "b", "a%v2"]), min_size=1,
+                                                                          max_size=4).map("/".join))),
+                max_size=40))
+def test_no_member_name_is_the_folder_of_another(objects: list[tuple[str, str]]) -> None:
+    """What GNU tar and bsdtar need to extract every member: no file stands where a folder must."""
+    names = MemberNames()
+    assigned = [names.assign(bucket, key) for bucket, key in objects]
+    assert len(set(assigned)) == len(assigned)
+    folders = set().union(*map(_folders, assigned)) if assigned else set()
+    assert not folders & set(assigned)
+    for name in assigned:
+        assert_safe(name)
+
+
+def test_the_invisible_character_class_matches_unicodedata() -> None:
+    """The escaped character class is written out; this notices a Unicode version that adds to it."""
+    from aggregator.base.names import _NEEDS_ESCAPE
+
+    invisible = "".join(chr(c) for c in range(0x110000) if _invisible(chr(c)))
+    assert all(_NEEDS_ESCAPE.fullmatch(c) for c in invisible)
+    escaped = {chr(c) for c in range(0x110000) if _NEEDS_ESCAPE.fullmatch(chr(c))}
+    assert escaped - set(invisible) == set('%<>:"|?*\\')
+
+
+def test_the_ascii_class_is_the_full_class_on_ascii() -> None:
+    from aggregator.base.names import _NEEDS_ESCAPE, _NEEDS_ESCAPE_ASCII
+
+    for c in map(chr, range(128)):
+        assert bool(_NEEDS_ESCAPE.fullmatch(c)) is bool(_NEEDS_ESCAPE_ASCII.fullmatch(c)), repr(c)
+
+
+@pytest.mark.parametrize("segment", ["CON", "con", "Nul.txt", "aux.tar.gz", "COM1", "lpt9.x", "com\u00b2", "PRN  .txt",
+                                     "CONIN$", "conout$.log"])
+def test_windows_device_names_are_mapped(segment: str) -> None:
+    name = member_name("src", segment)
+    assert name != f"src/{segment}"
+    assert_safe(name)
+    assert unescape_member(name) == ("src", segment)
 
 
 # --- archive ids and keys --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Settings.from_env: contract section 2 defaults, one ConfigError per bad value."""
+"""Settings.from_env: docs/contract.md §2 defaults, one ConfigError per bad value."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from aggregator.base import settings as settings_module
+from aggregator.base.codecs import CODECS
 from aggregator.base.errors import AggregatorError, ConfigError
-from aggregator.base.settings import CODEC_LEVELS, ENDPOINT_VARIABLES, Settings
+from aggregator.base.settings import ENDPOINT_VARIABLES, Settings
 
 REQUIRED = {"IDEMPOTENCY_TABLE_NAME": "claims-table", "MINIO_SECRET_ID": "aggregator/minio"}
 
@@ -44,7 +45,8 @@ def test_defaults_are_the_contract_table() -> None:
     # Longer than SQS's 14-day maximum retention, so a redelivery still finds its claim.
     assert s.idempotency_ttl_seconds > 14 * 24 * 3600
     assert s.environment == "dev"
-    assert s.use_moto is False
+    assert s.lease_grace_seconds == 30
+    assert s.minio_allow_http is False and s.minio_http_allowed
     assert s.archive_extension == ".tar.zst"
 
 
@@ -57,7 +59,7 @@ def test_dataclass_defaults_match_from_env_defaults() -> None:
 def test_empty_strings_mean_default() -> None:
     """Serverless renders an unset parameter as an empty string: that is the default, not an error."""
     names = ("COMPRESSION", "COMPRESSION_LEVEL", "MAX_FETCH_WORKERS", "FETCH_PROCESSES", "SPOOL_MAX_MEMORY_BYTES",
-             "IDEMPOTENCY_TTL_SECONDS", "ENVIRONMENT", "USE_MOTO")
+             "IDEMPOTENCY_TTL_SECONDS", "LEASE_GRACE_SECONDS", "ENVIRONMENT", "USE_MOTO", "MINIO_ALLOW_HTTP")
     assert build(**dict.fromkeys(names, "")) == build()
     assert build(**dict.fromkeys(names, "  ")) == build()
 
@@ -180,7 +182,7 @@ def test_several_bad_values_give_one_error() -> None:
 
 @pytest.mark.parametrize("codec", ["zstd", "gzip"])
 def test_compression_level_bounds(codec: str) -> None:
-    low, high, _ = CODEC_LEVELS[codec]
+    low, high = CODECS[codec].lowest_level, CODECS[codec].highest_level
     assert build(COMPRESSION=codec, COMPRESSION_LEVEL=str(low)).compression_level == low
     assert build(COMPRESSION=codec, COMPRESSION_LEVEL=str(high)).compression_level == high
     for bad in (low - 1, high + 1):
@@ -191,8 +193,8 @@ def test_compression_level_bounds(codec: str) -> None:
 
 
 def test_codec_ranges() -> None:
-    assert CODEC_LEVELS["zstd"][:2] == (1, 22)
-    assert CODEC_LEVELS["gzip"][:2] == (1, 9)
+    assert (CODECS["zstd"].lowest_level, CODECS["zstd"].highest_level) == (1, 22)
+    assert (CODECS["gzip"].lowest_level, CODECS["gzip"].highest_level) == (1, 9)
 
 
 def test_level_valid_for_zstd_is_refused_for_gzip() -> None:
@@ -238,12 +240,14 @@ MOTO = "http://127.0.0.1:5000"
 
 @pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "on", " On "])
 def test_use_moto_truthy(value: str) -> None:
-    assert build(USE_MOTO=value, AWS_ENDPOINT_URL=MOTO).use_moto is True
+    """The switch is only checked, never stored: set, it demands moto endpoints."""
+    assert build(USE_MOTO=value, AWS_ENDPOINT_URL=MOTO) == build(AWS_ENDPOINT_URL=MOTO)
+    assert "USE_MOTO" in config_error(USE_MOTO=value)
 
 
 @pytest.mark.parametrize("value", ["0", "false", "no", "off", ""])
 def test_use_moto_falsy_needs_no_endpoint(value: str) -> None:
-    assert build(USE_MOTO=value).use_moto is False
+    assert build(USE_MOTO=value) == build()
 
 
 @pytest.mark.parametrize("environment", ["prod", "PROD", " prod "])
@@ -255,7 +259,7 @@ def test_use_moto_refused_in_prod(environment: str) -> None:
 
 @pytest.mark.parametrize("environment", ["dev", "staging"])
 def test_use_moto_allowed_outside_prod(environment: str) -> None:
-    assert build(USE_MOTO="1", ENVIRONMENT=environment, AWS_ENDPOINT_URL=MOTO).use_moto
+    assert build(USE_MOTO="1", ENVIRONMENT=environment, AWS_ENDPOINT_URL=MOTO).environment == environment
 
 
 def test_use_moto_without_endpoint_is_refused() -> None:
@@ -270,7 +274,7 @@ def test_use_moto_with_empty_endpoint_is_refused() -> None:
 
 def test_use_moto_with_per_service_endpoints() -> None:
     per_service = {name: MOTO for name in ENDPOINT_VARIABLES if name != "AWS_ENDPOINT_URL"}
-    assert build(USE_MOTO="1", **per_service).use_moto
+    assert build(USE_MOTO="1", **per_service) == build()
 
 
 @pytest.mark.parametrize("covered", [name for name in ENDPOINT_VARIABLES if name != "AWS_ENDPOINT_URL"])
@@ -285,6 +289,57 @@ def test_use_moto_refused_when_endpoint_overrides_are_ignored() -> None:
     """botocore drops every endpoint override when this is set: the calls would go to real AWS."""
     message = config_error(USE_MOTO="1", AWS_ENDPOINT_URL=MOTO, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS="true")
     assert "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS" in message
+
+
+def test_the_settings_object_keeps_no_use_moto_field() -> None:
+    assert "use_moto" not in {f.name for f in dataclasses.fields(Settings)}
+
+
+# --- IDEMPOTENCY_TTL_SECONDS floor and LEASE_GRACE_SECONDS ------------------------------
+
+
+def test_a_ttl_shorter_than_the_longest_lease_is_refused() -> None:
+    """60 s would let DynamoDB delete a live claim under its holder."""
+    message = config_error(IDEMPOTENCY_TTL_SECONDS="60")
+    assert message.startswith("IDEMPOTENCY_TTL_SECONDS must be at least 1230 ")
+    assert "LEASE_GRACE_SECONDS=30" in message and "got 60" in message
+
+
+@pytest.mark.parametrize(("grace", "floor"), [("1", 1201), ("30", 1230), ("300", 1500)])
+def test_the_ttl_floor_is_the_longest_lease_plus_the_margin(grace: str, floor: int) -> None:
+    assert settings_module.ttl_floor_seconds(int(grace)) == floor == 900 + int(grace) + 300
+    assert build(LEASE_GRACE_SECONDS=grace, IDEMPOTENCY_TTL_SECONDS=str(floor)).idempotency_ttl_seconds == floor
+    assert "IDEMPOTENCY_TTL_SECONDS" in config_error(LEASE_GRACE_SECONDS=grace, IDEMPOTENCY_TTL_SECONDS=str(floor - 1))
+
+
+def test_one_hour_stays_a_valid_ttl() -> None:
+    assert build(IDEMPOTENCY_TTL_SECONDS="3600", LEASE_GRACE_SECONDS="300").idempotency_ttl_seconds == 3600
+
+
+def test_a_settings_built_directly_obeys_the_ttl_floor() -> None:
+    with pytest.raises(ConfigError, match="IDEMPOTENCY_TTL_SECONDS"):
+        Settings(idempotency_table_name="t", minio_secret_id="s", idempotency_ttl_seconds=60)
+
+
+@pytest.mark.parametrize("bad", ["0", "301", "-1", "thirty"])
+def test_lease_grace_range(bad: str) -> None:
+    message = config_error(LEASE_GRACE_SECONDS=bad)
+    assert message.startswith("LEASE_GRACE_SECONDS must be an integer from 1 to 300")
+
+
+# --- MINIO_ALLOW_HTTP ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("environment", "allow", "allowed"), [
+    ("dev", "", True), ("staging", "", True), ("prod", "", False), ("prod", "false", False), ("prod", "true", True),
+    ("dev", "true", True),
+])
+def test_minio_http_is_allowed_outside_prod_or_when_set(environment: str, allow: str, allowed: bool) -> None:
+    assert build(ENVIRONMENT=environment, MINIO_ALLOW_HTTP=allow).minio_http_allowed is allowed
+
+
+def test_minio_allow_http_is_validated() -> None:
+    assert config_error(MINIO_ALLOW_HTTP="maybe").startswith("MINIO_ALLOW_HTTP must be true or false")
 
 
 # --- ARCHIVE_PREFIX --------------------------------------------------------------------

@@ -196,6 +196,37 @@ def test_refresh_fetches_at_once_and_restarts_the_age() -> None:
     assert secrets.calls == 2
 
 
+# --- plain http in prod ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["http://minio.internal:9000", "HTTP://10.0.0.5:9000/"])
+def test_plain_http_is_refused_when_not_allowed_and_names_the_setting(endpoint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        MinioSecret.from_json(text(endpoint_url=endpoint), allow_http=False)
+    message = str(info.value)
+    assert "endpoint_url" in message and "MINIO_ALLOW_HTTP=true" in message and "ENVIRONMENT=prod" in message
+    assert_no_credentials(message)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_https_is_accepted_when_http_is_not() -> None:
+    assert MinioSecret.from_json(text(), allow_http=False).uses_tls
+
+
+def test_the_provider_applies_the_http_policy_to_every_fetch() -> None:
+    from aggregator.base.settings import Settings
+
+    required = {"IDEMPOTENCY_TABLE_NAME": "t", "MINIO_SECRET_ID": "s"}
+    prod = Settings.from_env({**required, "ENVIRONMENT": "prod"})
+    allowed = Settings.from_env({**required, "ENVIRONMENT": "prod", "MINIO_ALLOW_HTTP": "true"})
+    plain = FakeSecrets(text(endpoint_url="http://minio.internal:9000"))
+    with pytest.raises(ConfigError, match="MINIO_ALLOW_HTTP"):
+        MinioSecretProvider(plain, "minio/creds", allow_http=prod.minio_http_allowed).get()
+    assert MinioSecretProvider(plain, "minio/creds", allow_http=allowed.minio_http_allowed).get().endpoint_url == (
+        "http://minio.internal:9000")
+    assert MinioSecretProvider(plain, "minio/creds").get().endpoint_url == "http://minio.internal:9000"
+
+
 def test_unchanged_secret_stays_equal_across_fetches() -> None:
     secrets = FakeSecrets(text())
     provider = MinioSecretProvider(secrets, "minio/creds", max_age_seconds=0)
