@@ -80,7 +80,7 @@ def build_dependencies(settings: Settings) -> Dependencies:
     claims = ClaimStore(clients.claims_client(session, max_pool=pool), settings.idempotency_table_name,
                         ttl_seconds=settings.idempotency_ttl_seconds)
     provider = MinioSecretProvider(clients.secretsmanager_client(session), settings.minio_secret_id,
-                                   max_age_seconds=SECRET_MAX_AGE_SECONDS)
+                                   max_age_seconds=SECRET_MAX_AGE_SECONDS, allow_http=settings.minio_http_allowed)
 
     def minio(secret: Any) -> Any:
         return clients.minio_client(secret, max_pool=pool, connect_timeout=MINIO_CONNECT_TIMEOUT,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from aggregator.archive.manifest import read_manifest
+from aggregator.base.codecs import codec_for_key
 from aggregator.base.errors import AggregatorError
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import object_id
@@ -31,14 +32,6 @@ if TYPE_CHECKING:
     from logging import Logger
 
     from aggregator.claims.store import Holder
-
-
-_CODEC_OF_EXTENSION = {".tar.zst": "zstd", ".tar.gz": "gzip", ".tar": "none"}
-
-
-def codec_of_key(key: str) -> str | None:
-    """The codec an archive key's extension names."""
-    return next((codec for ext, codec in _CODEC_OF_EXTENSION.items() if key.endswith(ext)), None)
 
 
 class ArchiveReader(Protocol):
@@ -103,12 +96,12 @@ def _listed_ids(key: str, *, reader: ArchiveReader) -> set[str] | None:
 
 def _manifest_inside(key: str, *, reader: ArchiveReader) -> dict[str, Any] | None:
     """An archive from before sidecars: read to its last member (unbounded, legacy only)."""
-    codec = codec_of_key(key)
+    codec = codec_for_key(key)
     body = reader.open_object(key)
     if body is None or codec is None:
         return None
     with contextlib.closing(body):
-        return read_manifest(body, codec=codec)
+        return read_manifest(body, codec=codec.name)
 
 
 def listed_ids(manifest: Mapping[str, Any]) -> set[str]:
