@@ -125,3 +125,38 @@ def test_a_configuration_botocore_rejects_fails_at_start_naming_the_settings() -
     client = _client("us-east-1", fips=True, dualstack=False, style="virtual", accelerate=True, custom=None)
     with pytest.raises(ConfigError, match="use_fips_endpoint=True"):
         source_config_from_client(client, verify=True)
+
+
+@pytest.mark.parametrize(("region", "fips", "dualstack"),
+                         list(itertools.product(REGIONS, [False, True], [False, True])))
+def test_the_claims_client_targets_botocores_dynamodb_endpoint(region: str, fips: bool, dualstack: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from aggregator import clients
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_USE_FIPS_ENDPOINT", str(fips).lower())
+    monkeypatch.setenv("AWS_USE_DUALSTACK_ENDPOINT", str(dualstack).lower())
+    session = boto3.session.Session(aws_access_key_id="AKID", aws_secret_access_key="SECRET", region_name=region)
+    boto = session.client("dynamodb")
+    seen: list[str] = []
+
+    def capture(request: Any, **_: Any) -> AWSResponse:
+        seen.append(request.url)
+        raise _Sent()
+
+    boto.meta.events.register_first("before-send.dynamodb.PutItem", capture)
+    try:
+        boto.put_item(TableName="t", Item={"k": {"S": "v"}})
+    except _Sent:
+        pass
+    except Exception as e:  # botocore refuses the combination: so must we
+        with pytest.raises(ConfigError):
+            clients.claims_client(session)
+        assert str(e)
+        return
+    lean = clients.claims_client(session)
+    try:
+        assert lean.endpoint_url.rstrip("/") == seen[0].rstrip("/")
+    finally:
+        lean.close()
