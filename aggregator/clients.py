@@ -43,6 +43,8 @@ from botocore.config import Config
 from botocore.httpsession import get_cert_path
 
 from aggregator.claims.dynamodb import DynamoDBJsonClient
+from aggregator.sdk import botocore_private, endpoints
+from aggregator.sdk.crthttp import Proxies
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
@@ -95,17 +97,19 @@ def dynamodb_client(session: boto3.session.Session, *, max_pool: int = 10) -> Dy
 def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBJsonClient:
     """The claim store's DynamoDB client (see :mod:`aggregator.claims.dynamodb` for why not boto3's).
 
-    Endpoint and region are the ones a boto3 client resolves from the same session
-    (``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_REGION`` ...), credentials the session's own
-    (refreshed as they expire), and the CA bundle ``AWS_CA_BUNDLE`` or the SDK's default.
+    The endpoint is the one botocore's endpoint ruleset gives a boto3 client of the same
+    session (``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_REGION``, FIPS, dual-stack ...), the
+    credentials the session's own (refreshed as they expire), the trust store the one that
+    client verifies with (``AWS_CA_BUNDLE``, the config file's ``ca_bundle``, or the SDK's
+    default), and the proxies the ones it would use (``HTTPS_PROXY`` / ``NO_PROXY``).
     """
     resolved = session.client("dynamodb", config=_aws_config(max_pool=1))
-    ca_bundle: str | None = session._session.get_config_variable("ca_bundle")  # no public accessor
+    verify = botocore_private.client_verify(resolved)
     return DynamoDBJsonClient(
-        endpoint_url=resolved.meta.endpoint_url, region=resolved.meta.region_name,
-        credentials=session.get_credentials(), verify=ca_bundle or str(get_cert_path(True)), max_pool=max_pool,
-        connect_timeout=_AWS_CONNECT_TIMEOUT, read_timeout=_AWS_READ_TIMEOUT,
-        user_agent=f"aggregator-claims botocore/{botocore.__version__}")
+        endpoint_url=endpoints.service_url(resolved, "PutItem"), region=resolved.meta.region_name,
+        credentials=session.get_credentials(), verify=str(get_cert_path(True)) if verify is True else verify,
+        max_pool=max_pool, connect_timeout=_AWS_CONNECT_TIMEOUT, read_timeout=_AWS_READ_TIMEOUT,
+        user_agent=f"aggregator-claims botocore/{botocore.__version__}", proxies=Proxies.from_client(resolved))
 
 
 def secretsmanager_client(session: boto3.session.Session) -> SecretsManagerClient:

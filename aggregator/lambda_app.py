@@ -91,7 +91,7 @@ def build_dependencies(settings: Settings) -> Dependencies:
         settings=settings,
         claims=claims,
         target=MinioTarget(provider, minio),
-        source=lambda: source_config_from_client(source_client),
+        source=lambda: source_config_from_client(source_client, thread_state_hold=settings.fetch_thread_state_hold),
         fetch=fetch_objects,
         logger=logger,  # type: ignore[arg-type]
     )

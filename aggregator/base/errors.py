@@ -4,6 +4,7 @@
     ├── ConfigError        bad environment: fail before anything is written
     ├── RetryableError     may succeed later: release claims, report the messages
     │   ├── FetchError         an S3 GET failed (5xx, throttling, reset, truncated body)
+    │   │   └── BadResponse        a 2xx whose headers do not describe what was asked for
     │   ├── ClaimStoreError    DynamoDB failed after retries
     │   ├── DeliveryError      MinIO upload or verification failed
     │   └── OutOfTime          the invocation's deadline is too close to go on
@@ -35,6 +36,11 @@ class RetryableError(AggregatorError):
 
 class FetchError(RetryableError):
     """An S3 GET failed in a way worth retrying."""
+
+
+class BadResponse(FetchError, ValueError):
+    """A 2xx response whose headers do not describe what was asked for (a server that
+    ignored the version pin, a missing Content-Length ...)."""
 
 
 class ClaimStoreError(RetryableError):

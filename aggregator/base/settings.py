@@ -61,6 +61,9 @@ class Settings:
     aws_region: str | None = None
     # Plain-HTTP MinIO endpoints are refused with ENVIRONMENT=prod unless this is set.
     minio_allow_http: bool = False
+    # Keep a Python thread state on the CRT's event-loop thread (aggregator.fetch.threadstate);
+    # off: plain awscrt.
+    fetch_thread_state_hold: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +110,7 @@ class Settings:
             zstd_threads=_int(env, "ZSTD_THREADS", 0, 0, 64),
             multipart_part_bytes=_int(env, "MULTIPART_PART_BYTES", 16 << 20, 5 << 20, 512 << 20),
             deadline_reserve_ms=_int(env, "DEADLINE_RESERVE_MS", 10_000, 0, 600_000),
+            fetch_thread_state_hold=_bool(env, "FETCH_THREAD_STATE_HOLD", default=True),
             aws_region=(env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip() or None,
             minio_allow_http=_bool(env, "MINIO_ALLOW_HTTP"),
         )
@@ -181,8 +185,10 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, *
     return value
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
+def _bool(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
     raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
     if raw in _TRUE:
         return True
     if raw in _FALSE:

@@ -15,9 +15,13 @@ botocore's ``ClientError`` (code, message, and the modelled members such as
 connection errors, so the claim store's retry and error mapping see no difference.
 Retries are the claim store's (bounded backoff); this client sends each request once.
 
-Endpoint, region, credentials and CA bundle are resolved by the factory
-(:func:`aggregator.clients.claims_client`) the standard SDK way. Not supported: HTTP
-proxies (reach DynamoDB through a VPC endpoint) and X-Ray subsegments per call.
+Endpoint, region, credentials, CA bundle and proxies are resolved by the factory
+(:func:`aggregator.clients.claims_client`) the standard SDK way: the endpoint from
+botocore's endpoint ruleset (FIPS, dual-stack, ``AWS_ENDPOINT_URL_DYNAMODB``), the
+credentials re-read for every request (botocore refreshes them before they expire), the
+trust store the boto3 client would verify with, and ``HTTPS_PROXY`` / ``HTTP_PROXY`` /
+``NO_PROXY`` as boto3 reads them (:mod:`aggregator.sdk.crthttp`). Not supported: X-Ray
+subsegments per call.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from botocore.exceptions import (
 )
 from urllib3 import exceptions as urllib3_errors
 
+from aggregator.sdk.crthttp import Proxies
+
 _TARGET_PREFIX = "DynamoDB_20120810."
 _CONTENT_TYPE = "application/x-amz-json-1.0"
 
@@ -56,7 +62,8 @@ class DynamoDBJsonClient:
 
     def __init__(self, *, endpoint_url: str, region: str, credentials: CredentialSource | None,
                  verify: str | bool = True, max_pool: int = 10, connect_timeout: float = 2.0,
-                 read_timeout: float = 10.0, user_agent: str = "aggregator-claims") -> None:
+                 read_timeout: float = 10.0, user_agent: str = "aggregator-claims",
+                 proxies: Proxies | None = None) -> None:
         parts = urlsplit(endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) endpoint: {endpoint_url!r}")
@@ -69,9 +76,22 @@ class DynamoDBJsonClient:
         if parts.scheme == "https":
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify} if isinstance(verify, str) else {
                 "cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
-        self._pool = urllib3.connection_from_url(
-            self._url, maxsize=max_pool, block=False, retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout), **tls)
+        pool_options: dict[str, Any] = {
+            "maxsize": max_pool, "block": False, "retries": False,
+            "timeout": urllib3.Timeout(connect=connect_timeout, read=read_timeout), **tls}
+        proxy = (proxies or Proxies()).for_origin(parts.hostname, tls=parts.scheme == "https")
+        self._proxy: urllib3.ProxyManager | None = None
+        self.proxied = proxy is not None
+        if proxy is not None:
+            scheme = "https" if proxy.tls else "http"
+            headers = urllib3.make_headers(proxy_basic_auth=f"{proxy.username}:{proxy.password or ''}") \
+                if proxy.username else None
+            # CONNECT for an https endpoint, absolute-form requests for plain http.
+            self._proxy = urllib3.ProxyManager(f"{scheme}://{proxy.host}:{proxy.port}", proxy_headers=headers,
+                                               num_pools=1, **pool_options)
+            self._pool = self._proxy.connection_from_url(self._url)
+        else:
+            self._pool = urllib3.connection_from_url(self._url, **pool_options)
         self._user_agent = user_agent
 
     # The operations the claim store uses, named and called as on the boto3 client.
@@ -92,14 +112,20 @@ class DynamoDBJsonClient:
 
     def close(self) -> None:
         self._pool.close()
+        if self._proxy is not None:
+            self._proxy.clear()
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send one request; the parsed answer, or ``ClientError`` / a connection error."""
         body = json.dumps(params, separators=(",", ":")).encode()  # ASCII, like botocore: \u escapes
         headers = self._signed_headers(operation, body)
         try:
-            response = self._pool.urlopen("POST", self._path, body=body, headers=headers, redirect=False,
-                                          preload_content=True, assert_same_host=False)
+            if self._proxy is not None:  # the manager writes the request in the proxy's form
+                response = self._proxy.urlopen("POST", self._url, body=body, headers=headers, redirect=False,
+                                               preload_content=True)
+            else:
+                response = self._pool.urlopen("POST", self._path, body=body, headers=headers, redirect=False,
+                                              preload_content=True, assert_same_host=False)
         except urllib3_errors.NewConnectionError as e:  # first: urllib3 makes it a ConnectTimeoutError
             raise EndpointConnectionError(endpoint_url=self.endpoint_url, error=e) from e
         except urllib3_errors.ConnectTimeoutError as e:

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 from aggregator.base.events import ObjectRef
 from aggregator.base.objects import FetchResult
-from aggregator.fetch.engine import FetchCancelled
 from aggregator.fetch.source import SourceConfig, source_config_from_client
+from aggregator.fetch.stream import FetchCancelled
 
 __all__ = ["FetchCancelled", "SourceConfig", "fetch_objects", "source_config_from_client"]
 
@@ -42,7 +42,10 @@ def fetch_objects(refs: Sequence[ObjectRef], *, source: SourceConfig, workers: i
     """
     if workers < 1 or processes < 1 or queue_depth < 1 or stream_threshold < 0:
         raise ValueError("workers, processes and queue_depth must be at least 1")
+    # Each bucket's endpoint is resolved once for the whole batch (botocore's ruleset).
+    source = source.for_buckets(ref.bucket for ref in refs)
     if processes > 1 and len(refs) > 1:
+        source = source.for_processes()  # plain values: endpoints and a credential snapshot
         from aggregator.fetch.processes import fetch_in_children
 
         with fetch_in_children(refs, source=source, workers=workers, processes=min(processes, len(refs)),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import resource
 import threading
 from typing import IO, Any
 
@@ -91,8 +90,7 @@ def _run(job: dict[str, Any], out_fd: int, cancel: threading.Event) -> None:
                 _flush(out_fd, pending)
                 pending_bytes = 0
         _flush(out_fd, pending)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    frames.write_all(out_fd, encode(frames.DONE, usage.ru_utime + usage.ru_stime))
+    frames.write_all(out_fd, encode(frames.DONE))
 
 
 def _flush(out_fd: int, pending: list[bytes]) -> None:

@@ -29,8 +29,6 @@ Timeline of one object on its slot::
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import queue
 import threading
 import time
@@ -38,39 +36,44 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from aggregator.base.errors import FetchError, RetryableError
+from aggregator.base.errors import FetchError
 from aggregator.base.events import ObjectRef
 from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, ObjectHead, Streamed
 from aggregator.fetch import protocol
-from aggregator.fetch.protocol import Outcome, Target
+from aggregator.fetch.protocol import GetTarget, Outcome
 from aggregator.fetch.retry import RetryPolicy
-from aggregator.fetch.source import Endpoint, SourceConfig
+from aggregator.fetch.source import SourceConfig
+from aggregator.fetch.stream import Chunks, FetchCancelled, StreamState
+from aggregator.fetch.timer import Timer
 from aggregator.fetch.transport import Connection, Stream, Transport
+from aggregator.sdk.endpoints import BucketEndpoint, Origin
+
+__all__ = ["BUFFER_BYTES", "MAX_OPEN_STREAMS", "Engine", "FetchCancelled"]
 
 _DONE = object()
 _CANCELLED = object()
 _TICK = 0.1  # seconds between cancel and watchdog checks
 _POLL = 0.5  # the consumer's longest wait before it checks the cancel event itself
+# Defaults of the engine's two memory bounds (keyword arguments of Engine):
 BUFFER_BYTES = 64 << 20  # whole bodies waiting for the consumer before the slots pause
 # Large objects open at once. The writer reads one stream at a time and each waiting one
 # holds its first window (~2 MiB with the CRT's buffer): two keep the next one ready.
 MAX_OPEN_STREAMS = 2
 
 
-class FetchCancelled(FetchError):
-    """The fetch was cancelled before every object was handed over."""
-
-
 class Engine:
     def __init__(self, refs: Sequence[ObjectRef], *, source: SourceConfig, transport: Transport, workers: int,
                  queue_depth: int, stream_threshold: int, cancel: threading.Event | None = None,
                  policy: RetryPolicy | None = None, chunk_size: int = 1 << 20,
+                 buffer_bytes: int = BUFFER_BYTES, max_open_streams: int = MAX_OPEN_STREAMS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if workers < 1 or queue_depth < 1 or stream_threshold < 0 or chunk_size < 1:
-            raise ValueError("workers, queue_depth and chunk_size must be positive")
+        if (workers < 1 or queue_depth < 1 or stream_threshold < 0 or chunk_size < 1 or buffer_bytes < 1
+                or max_open_streams < 1):
+            raise ValueError("workers, queue_depth, chunk_size, buffer_bytes and max_open_streams must be positive")
         self._refs = list(refs)
-        self._endpoint = Endpoint.parse(source.endpoint_url)
-        self._virtual = source.addressing_style == "virtual"
+        self._source = source
+        self._endpoints: dict[str, BucketEndpoint] = {}
+        self._max_open_streams = max_open_streams
         self._read_timeout = source.read_timeout
         self._transport = transport
         self._threshold = stream_threshold
@@ -83,7 +86,7 @@ class Engine:
         self._next = 0
         self._credits = workers + queue_depth
         self._buffered = 0  # bytes of whole bodies delivered and not yet taken
-        self._buffer_limit = max(BUFFER_BYTES, stream_threshold)
+        self._buffer_limit = max(buffer_bytes, stream_threshold)
         self._parked: list[_Slot] = []
         self._large_open = 0  # jobs of large objects started and not ended
         self._large_waiting: deque[tuple[_Slot, int]] = deque()  # their slots, with the index each took
@@ -91,8 +94,8 @@ class Engine:
         self._cancelled = False
         self._out: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._slots = [_Slot() for _ in range(min(workers, len(self._refs)))]
-        self._timer = _Timer(self._tick, clock=clock)
-        self._open_stream: _StreamState | None = None
+        self._timer = Timer(self._tick, clock=clock, period=_TICK)
+        self._open_stream: StreamState | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -112,10 +115,6 @@ class Engine:
         for slot in self._slots:
             slot.attempt = None
             slot.conn = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
 
     # -- consumer side ----------------------------------------------------------------
 
@@ -141,7 +140,7 @@ class Engine:
                 raise FetchCancelled("fetch cancelled")
             result = item[1]
             self._release_credit(len(result.body) if isinstance(result, Fetched) else 0)
-            if isinstance(result, Streamed) and isinstance(result.chunks, _Chunks):
+            if isinstance(result, Streamed) and isinstance(result.chunks, Chunks):
                 self._open_stream = result.chunks.state
             yield item
 
@@ -194,7 +193,7 @@ class Engine:
         self._next += 1
         size = self._refs[index].size
         if size is not None and size > self._threshold:  # the event says: a stream
-            if self._large_open >= MAX_OPEN_STREAMS:
+            if self._large_open >= self._max_open_streams:
                 self._large_waiting.append((slot, index))
                 return None
             self._large_open += 1
@@ -212,7 +211,7 @@ class Engine:
         ref = self._refs[index]
         large = ref.size is not None and ref.size > self._threshold
         try:
-            job = _Job(index, ref, protocol.target(self._endpoint, ref, virtual=self._virtual))
+            job = _Job(index, ref, protocol.target(self._bucket_endpoint(ref.bucket), ref))
         except Exception as e:  # an unencodable key: this object alone fails
             if large:
                 with self._lock:
@@ -233,17 +232,17 @@ class Engine:
             self._advance(slot)
             return
         conn = slot.conn
-        if conn is not None and slot.host == job.target.host and conn.is_open():
+        if conn is not None and slot.origin == job.target.origin and conn.is_open():
             self._send(slot, job, conn)
             return
         slot.conn = None
         if conn is not None:
             _quietly(conn.close)
-        slot.host = job.target.host
+        slot.origin = job.target.origin
         attempt = _Attempt(self, slot, job, None, self._clock())
         slot.attempt = attempt
         try:
-            self._transport.connect(job.target.host, lambda c, e: self._connected(attempt, c, e))
+            self._transport.connect(job.target.origin, lambda c, e: self._connected(attempt, c, e))
         except Exception as e:
             self._attempt_failed(attempt, f"cannot connect: {e}", throttled=False)
 
@@ -275,7 +274,7 @@ class Engine:
         etag = job.head.etag if job.head is not None else None
         headers = protocol.request_headers(job.ref, job.target, offset=offset, etag=etag)
         try:
-            conn.request(job.target.path, headers, attempt)
+            conn.request(job.target, headers, attempt)
         except Exception as e:
             slot.conn = None
             _quietly(conn.close)
@@ -316,9 +315,10 @@ class Engine:
                 with self._lock:
                     self._large_open += 1
                 job.large = True
-            state = _StreamState(self, job, attempt.stream)
+            state = StreamState(owner=job, size=head.size, window=attempt.stream, cancel=self._cancel_event,
+                                on_abandon=self._abandon)
             job.stream = state
-            self._deliver(job.index, Streamed(job.ref, head, _Chunks(state)))
+            self._deliver(job.index, Streamed(job.ref, head, Chunks(state, chunk_size=self._chunk_size)))
         elif head.size > self._window and attempt.stream is not None:
             attempt.stream.update_window(head.size - self._window)
 
@@ -486,23 +486,29 @@ class Engine:
 
     # Streams call these from the consumer thread.
 
-    def _abandon(self, state: _StreamState) -> None:
+    def _bucket_endpoint(self, bucket: str) -> BucketEndpoint:
+        endpoint = self._endpoints.get(bucket)
+        if endpoint is None:
+            endpoint = self._endpoints[bucket] = self._source.bucket_endpoint(bucket)
+        return endpoint
+
+    def _abandon(self, state: StreamState) -> None:
         # Closing the connection ends the job's current attempt (a reconnect in progress
         # sends nothing: _send and _on_response check ``abandoned``), and the slot moves on.
         for slot in self._slots:
-            if slot.job is state.job:
+            if slot.job is state.owner:
                 attempt = slot.attempt
                 for conn in {id(c): c for c in (slot.conn, attempt.conn if attempt else None) if c}.values():
                     _quietly(conn.close)
 
 
 class _Slot:
-    __slots__ = ("attempt", "conn", "host", "job", "served")
+    __slots__ = ("attempt", "conn", "job", "origin", "served")
 
     def __init__(self) -> None:
         self.served = 0  # responses on the current connection
         self.conn: Connection | None = None
-        self.host: str | None = None
+        self.origin: Origin | None = None
         self.job: _Job | None = None
         self.attempt: _Attempt | None = None
 
@@ -510,7 +516,7 @@ class _Slot:
 class _Job:
     __slots__ = ("failures", "head", "index", "large", "ref", "resume_mark", "resumes", "stream", "target")
 
-    def __init__(self, index: int, ref: ObjectRef, target: Target) -> None:
+    def __init__(self, index: int, ref: ObjectRef, target: GetTarget) -> None:
         self.index = index
         self.ref = ref
         self.target = target
@@ -518,7 +524,7 @@ class _Job:
         self.resumes = 0
         self.resume_mark = 0
         self.head: ObjectHead | None = None
-        self.stream: _StreamState | None = None
+        self.stream: StreamState | None = None
         self.large = False  # counted in Engine._large_open
 
 
@@ -571,152 +577,6 @@ class _Attempt:
             # connection (and at the end the event loops) are freed without the GC.
             self.stream = None
             self.conn = None
-
-
-class _StreamState:
-    """A large body between the event-loop thread (producer) and the writer (consumer)."""
-
-    def __init__(self, engine: Engine, job: _Job, stream: Stream | None) -> None:
-        assert job.head is not None
-        self.engine = engine
-        self.job = job
-        self.size = job.head.size
-        self.current = stream  # the stream whose body is being read
-        self._cond = threading.Condition(threading.Lock())
-        self._buffer: deque[bytes] = deque()
-        self.buffered = 0
-        self.received = 0
-        self.finished = False
-        self.abandoned = False
-        self._done = False
-        self._error: RetryableError | None = None
-
-    def attach(self, stream: Stream | None) -> None:
-        self.current = stream
-
-    def push(self, chunk: bytes) -> None:
-        with self._cond:
-            self._buffer.append(chunk)
-            self.buffered += len(chunk)
-            self.received += len(chunk)
-            self._cond.notify()
-
-    def finish(self) -> None:
-        with self._cond:
-            self._done = True
-            self.current = None
-            self._cond.notify()
-
-    def fail(self, error: RetryableError) -> None:
-        with self._cond:
-            if not self._done and self._error is None:
-                self._error = error
-            self.current = None
-            self._cond.notify()
-
-    def abandon(self) -> None:
-        with self._cond:
-            if self.finished or self.abandoned:
-                return
-            self.abandoned = True
-            if not self._done and self._error is None:
-                self._error = FetchError("stream abandoned before its end")
-            self._cond.notify()
-        self.engine._abandon(self)
-
-    def read(self, limit: int) -> bytes | None:
-        """Up to ``limit`` bytes; ``None`` at the end; raises the stream's error."""
-        with self._cond:
-            while not self._buffer and not self._done and self._error is None:
-                if self.engine._cancel_event.is_set():
-                    self._error = FetchCancelled("fetch cancelled")
-                    break
-                self._cond.wait(_POLL)
-            if self._buffer:
-                pieces = []
-                taken = 0
-                while self._buffer and taken < limit:
-                    piece = self._buffer.popleft()
-                    pieces.append(piece)
-                    taken += len(piece)
-                self.buffered -= taken
-                stream = self.current
-            elif self._error is not None:
-                raise self._error
-            else:
-                self.finished = True
-                return None
-        if stream is not None:
-            _quietly(stream.update_window, taken)  # let as many bytes in as were taken out
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
-class _Chunks(Iterator[bytes]):
-    """``Streamed.chunks``: reads the body in pieces of about ``chunk_size`` bytes."""
-
-    def __init__(self, state: _StreamState) -> None:
-        self.state = state
-
-    def __iter__(self) -> _Chunks:
-        return self
-
-    def __next__(self) -> bytes:
-        chunk = self.state.read(self.state.engine._chunk_size)
-        if chunk is None:
-            raise StopIteration
-        return chunk
-
-    def close(self) -> None:
-        self.state.abandon()
-
-
-class _Timer:
-    """One thread: runs scheduled callables (backoffs) and a periodic tick."""
-
-    def __init__(self, tick: Callable[[float], None], *, clock: Callable[[], float]) -> None:
-        self._tick = tick
-        self._clock = clock
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="fetch-timer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (self._clock() + delay, next(self._seq), fn))
-            self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._heap.clear()
-            self._cond.notify()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _run(self) -> None:
-        next_tick = self._clock()
-        while True:
-            with self._cond:
-                if self._stopped:
-                    return
-                now = self._clock()
-                due = []
-                while self._heap and self._heap[0][0] <= now:
-                    due.append(heapq.heappop(self._heap)[2])
-                if not due and now < next_tick:
-                    wake = min(next_tick, self._heap[0][0]) if self._heap else next_tick
-                    self._cond.wait(max(0.0, wake - now))
-                    continue
-            for fn in due:
-                _quietly(fn)
-            if now >= next_tick:
-                next_tick = now + _TICK
-                _quietly(self._tick, now)
 
 
 def _name(ref: ObjectRef) -> str:

@@ -25,7 +25,7 @@ STREAM = 4  # meta head_meta(index, head); CHUNK frames follow
 CHUNK = 5  # body: the next piece of the stream
 STREAM_END = 6
 STREAM_ERROR = 7  # meta message
-DONE = 8  # meta: the child's CPU seconds; nothing follows
+DONE = 8  # no meta; nothing follows
 CRASH = 9  # meta message: the child failed as a whole
 
 _READ_SIZE = 1 << 20

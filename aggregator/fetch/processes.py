@@ -15,6 +15,11 @@ the fork server) and re-import the parent's ``__main__`` (the Lambda runtime's b
 in every child. A plain subprocess imports only ``awscrt`` and this package: ~0.1-0.17 s of CPU
 per child (a third of it loading the CRT), paid once per fetch.
 
+Children get only the environment an interpreter needs to start (:data:`CHILD_ENVIRONMENT`):
+no AWS credentials, no ``AWS_*`` at all. Their work, the signing keys included, arrives
+over the control pipe, so a child that misbehaved, or a dependency that dumps its
+environment, has nothing more to leak.
+
 Children die with the fetch: closing the control pipe (or the parent dying, which closes
 it too) cancels a child; one that does not exit in time is terminated, then killed, and
 every child is reaped before the context exits.
@@ -31,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import IO
@@ -41,12 +46,23 @@ from aggregator.base.events import ObjectRef
 from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, Streamed
 from aggregator.fetch import frames
 from aggregator.fetch.child import BOOTSTRAP
-from aggregator.fetch.engine import FetchCancelled
 from aggregator.fetch.source import SourceConfig
+from aggregator.fetch.stream import FetchCancelled
 
 _POLL = 0.5  # seconds between cancel checks while waiting on pipes
 _EXIT_WAIT = 2.0  # seconds a cancelled child gets to exit before it is terminated
 _PIPE_SIZE = 1 << 20
+# What a fetch process inherits: the loader and locale variables a Python needs to start
+# (Lambda's runtime links libpython through LD_LIBRARY_PATH) and the system trust store's
+# location. Nothing else: no credentials, no endpoint overrides, no proxies (resolved by the
+# parent and sent with the job).
+CHILD_ENVIRONMENT = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SSL_CERT_FILE",
+                     "SSL_CERT_DIR")
+
+
+def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a fetch process, from its parent's."""
+    return {name: parent[name] for name in CHILD_ENVIRONMENT if name in parent}
 
 
 @contextmanager
@@ -90,9 +106,7 @@ class _Child:
         self.ctrl: int | None = ctrl
         self.reader = reader
         self.pending = set(indices)  # positions not yet reported
-        self.done = False
         self.crash = ""
-        self.cpu_seconds = 0.0
 
     @classmethod
     def start(cls, number: int, indices: list[int]) -> _Child:
@@ -110,7 +124,7 @@ class _Child:
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", BOOTSTRAP, str(ctrl_read), str(out_write)],
                 pass_fds=(ctrl_read, out_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=stderr, close_fds=True,
+                stderr=stderr, close_fds=True, env=child_environment(os.environ),
             )
         except BaseException:
             for fd in (ctrl_read, ctrl_write, out_read, out_write):
@@ -207,7 +221,6 @@ class _Demux:
             live[child.reader.fd] = live.pop(child.reader.fd)  # round robin between the children
             kind, meta, body = frame
             if kind == frames.DONE:
-                child.done, child.cpu_seconds = True, float(meta)
                 del live[child.reader.fd]
                 for index in sorted(child.pending):  # never expected: a ref the child skipped
                     yield Failed(self._refs[index], FetchError(f"fetch process {child.number} skipped this object"))

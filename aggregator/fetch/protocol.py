@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from aggregator.base.errors import BadResponse
 from aggregator.base.events import ObjectRef
 from aggregator.base.objects import ObjectHead
-from aggregator.fetch.source import Endpoint
+from aggregator.sdk.endpoints import BucketEndpoint, Origin
 
 # What SigV4 for S3 calls URI-encoding: every byte but A-Z a-z 0-9 - _ . ~ (and "/" in
 # the path) as %XX of its UTF-8 bytes. "+" and "%" in keys must be encoded, and "//",
@@ -27,37 +28,38 @@ _NOTHING_TO_ENCODE = re.compile(r"[A-Za-z0-9_.~/-]*")
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
+__all__ = ["BadResponse", "GetTarget", "Outcome", "check_pin", "classify", "parse_content_range", "parse_head",
+           "request_headers", "target"]
+
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    host: str  # the host to connect to
+class GetTarget:
+    """Where one GET goes and what it signs."""
+
+    origin: Origin  # the connection to use
     host_header: str
     path: str  # encoded path and query, as sent and as signed
+    signing_region: str
 
 
-def target(endpoint: Endpoint, ref: ObjectRef, *, virtual: bool) -> Target:
+def target(endpoint: BucketEndpoint, ref: ObjectRef) -> GetTarget:
+    """The GET of ``ref`` on its bucket's endpoint (see :mod:`aggregator.sdk.endpoints`)."""
     key = ref.key
     if not _NOTHING_TO_ENCODE.fullmatch(key):  # most keys are; quote() costs ~2 us even then
         key = quote(key.encode("utf-8", "surrogatepass"), safe=_PATH_SAFE)
-    host, host_header, prefix = _bucket_place(endpoint, ref.bucket, virtual)
-    path = f"{prefix}/{key}"
+    path = f"{endpoint.prefix}/{key}"
     if ref.version_id:
         path += "?versionId=" + quote(ref.version_id, safe=_QUERY_SAFE)
-    return Target(host=host, host_header=host_header, path=path)
+    return GetTarget(origin=endpoint.origin, host_header=_host_header(endpoint.origin), path=path,
+                     signing_region=endpoint.signing_region)
 
 
-# A batch names few buckets and one endpoint: what depends on them alone is worked out once.
 @functools.lru_cache(maxsize=256)
-def _bucket_place(endpoint: Endpoint, bucket: str, virtual: bool) -> tuple[str, str, str]:
-    """(host, Host header, path before the key) of a bucket."""
-    if virtual:
-        host, prefix = f"{bucket}.{endpoint.host}", endpoint.base_path
-    else:
-        host, prefix = endpoint.host, f"{endpoint.base_path}/{quote(bucket, safe='')}"
-    return host, endpoint.host_header(host), prefix
+def _host_header(origin: Origin) -> str:
+    return origin.host_header()
 
 
-def request_headers(ref: ObjectRef, target: Target, *, offset: int = 0, etag: str | None = None
+def request_headers(ref: ObjectRef, target: GetTarget, *, offset: int = 0, etag: str | None = None
                     ) -> list[tuple[str, str]]:
     """Host, the version pin, and ``Range`` from ``offset`` when resuming.
 
@@ -100,10 +102,6 @@ def classify(status: int, body: bytes) -> tuple[Outcome, str]:
 def error_code(body: bytes) -> str:
     match = _ERROR_CODE.search(body[:4096])
     return match.group(1).decode("utf-8", "replace") if match else ""
-
-
-class BadResponse(ValueError):
-    """A 2xx response whose headers do not describe what was asked for."""
 
 
 _MONTHS = {name: number for number, name in enumerate(

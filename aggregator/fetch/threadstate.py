@@ -12,12 +12,30 @@ time a connection's callback runs there, which keeps that thread's state alive b
 callbacks, and gives it back on that same thread (as the API requires) when the last
 connection using it shuts down. A callback after that only pays the old price again; a
 hold whose release never comes costs one thread state (a few KiB), never correctness.
+
+It is optional and bounded: ``FETCH_THREAD_STATE_HOLD=off`` (Settings) gives the plain
+awscrt behaviour (:class:`NoHolds`), and it is used only on the CPython versions it was
+checked on (:data:`CHECKED_ON`, pinned by ``tests/integration/test_crt_thread_state.py``);
+on any other interpreter the hold is off whatever the setting says. Upstream, the cost
+is the ``PyGILState_Ensure``/``PyGILState_Release`` pair that awscrt's native callbacks
+wrap around every call into Python (awscrt's ``aws_py_gilstate_ensure``): CPython keeps no
+thread state for a foreign thread between such calls.
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
+
+# CPython versions (major, minor) on which the hold was checked: the GIL-state API is
+# public and stable, but its per-call cost (what the hold saves) is an implementation detail.
+CHECKED_ON = ((3, 11),)
+
+
+def supported() -> bool:
+    """Whether this interpreter is one the hold was checked on."""
+    return sys.implementation.name == "cpython" and sys.version_info[:2] in CHECKED_ON
 
 # PyDLL functions run with the GIL held, which these two require here: they only count.
 _ensure = ctypes.pythonapi.PyGILState_Ensure
@@ -65,3 +83,19 @@ class ThreadStateHolds:
     def threads(self) -> int:
         """Threads whose state is held now."""
         return len(self._held)
+
+
+class NoHolds:
+    """The hold switched off: every callback pays awscrt's own thread-state price."""
+
+    __slots__ = ()
+
+    def take(self) -> int:
+        return 0
+
+    def give_back(self, ident: int) -> None:
+        return None
+
+    @property
+    def threads(self) -> int:
+        return 0

@@ -13,7 +13,6 @@ Callbacks arrive on the CRT's event-loop threads; they must not block.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -21,8 +20,13 @@ from typing import Any, Protocol
 
 from awscrt import auth, http, io
 
-from aggregator.fetch.source import Endpoint, SourceConfig
-from aggregator.fetch.threadstate import ThreadStateHolds
+from aggregator.fetch import threadstate
+from aggregator.fetch.protocol import GetTarget
+from aggregator.fetch.source import SourceConfig
+from aggregator.fetch.threadstate import NoHolds, ThreadStateHolds
+from aggregator.sdk import crthttp
+from aggregator.sdk.credentials import CredentialReader, CredentialSource, FrozenCredentials
+from aggregator.sdk.endpoints import Origin
 
 
 class Handler(Protocol):
@@ -42,15 +46,15 @@ class Stream(Protocol):
 class Connection(Protocol):
     def is_open(self) -> bool: ...
 
-    def request(self, path: str, headers: list[tuple[str, str]], handler: Handler) -> Stream:
+    def request(self, target: GetTarget, headers: list[tuple[str, str]], handler: Handler) -> Stream:
         """Sign and send a GET; raise if it cannot even be started."""
 
     def close(self) -> None: ...
 
 
 class Transport(Protocol):
-    def connect(self, host: str, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
-        """Open a connection to ``host`` (the endpoint's port) and call ``on_done`` once."""
+    def connect(self, origin: Origin, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
+        """Open a connection to ``origin`` and call ``on_done`` once."""
 
     def close(self) -> None:
         """Release the event loops; every connection must be closed first."""
@@ -58,11 +62,15 @@ class Transport(Protocol):
 
 class CrtTransport:
     """Connections with manual flow control: a stream's window starts at ``window`` bytes,
-    so a large body waits in the socket until its reader asks for more."""
+    so a large body waits in the socket until its reader asks for more.
+
+    TLS trusts the source's trust store and connections go through the proxy the source's
+    proxies name for their origin (:mod:`aggregator.sdk.crthttp`)."""
 
     def __init__(self, source: SourceConfig, *, window: int, event_loop_threads: int | None = None) -> None:
-        self._endpoint = Endpoint.parse(source.endpoint_url)
         self._window = window
+        self._verify = source.verify
+        self._proxies = source.proxies
         self._event_loops: Any = io.EventLoopGroup(event_loop_threads)
         self._shutdown_event = self._event_loops.shutdown_event
         resolver = io.DefaultHostResolver(self._event_loops)
@@ -70,19 +78,9 @@ class CrtTransport:
         self._socket = io.SocketOptions()
         self._socket.connect_timeout_ms = max(1, int(source.connect_timeout * 1000))
         self._socket.keep_alive = True
-        self._tls: Any = None
-        if self._endpoint.tls:
-            options = io.TlsContextOptions()
-            if isinstance(source.verify, str):  # a CA bundle file, or a directory of them
-                if os.path.isdir(source.verify):
-                    options.override_default_trust_store_from_path(source.verify, None)
-                else:
-                    options.override_default_trust_store_from_path(None, source.verify)
-            elif source.verify is False:
-                options.verify_peer = False
-            self._tls = io.ClientTlsContext(options)
-        self._signing = SigningConfigs(source)
-        self._holds = ThreadStateHolds()
+        self._signing = SigningConfigs(source.credential_source(), recheck=source.credentials_recheck)
+        self._holds: ThreadStateHolds | NoHolds = (
+            ThreadStateHolds() if source.thread_state_hold and threadstate.supported() else NoHolds())
 
     @property
     def shutdown_event(self) -> Any:
@@ -93,15 +91,16 @@ class CrtTransport:
         """Event-loop threads whose Python thread state is kept now (see threadstate)."""
         return self._holds.threads
 
-    def connect(self, host: str, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
+    def connect(self, origin: Origin, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
         tls_options = None
-        if self._tls is not None:
-            tls_options = self._tls.new_connection_options()
-            tls_options.set_server_name(host)
+        if origin.tls:
+            tls_options = crthttp.tls_context(self._verify).new_connection_options()
+            tls_options.set_server_name(origin.host)
         future = http.HttpClientConnection.new(
-            host_name=host, port=self._endpoint.port, bootstrap=self._bootstrap, socket_options=self._socket,
-            tls_connection_options=tls_options, manual_window_management=True,
-            initial_window_size=self._window)
+            host_name=origin.host, port=origin.port, bootstrap=self._bootstrap, socket_options=self._socket,
+            tls_connection_options=tls_options,
+            proxy_options=crthttp.proxy_options(self._proxies.for_origin(origin.host, tls=origin.tls)),
+            manual_window_management=True, initial_window_size=self._window)
 
         def done(f: Future[Any]) -> None:
             error = f.exception()
@@ -116,7 +115,6 @@ class CrtTransport:
         # The event loops stop once nothing references them any more; dropping our
         # references here lets shutdown_event fire when the last connection is gone.
         self._bootstrap = None
-        self._tls = None
         self._event_loops = None
 
 
@@ -127,33 +125,40 @@ SIGNING_CONFIG_MAX_AGE = 60.0
 
 
 class SigningConfigs:
-    """The source's signing config, rebuilt once it is ``SIGNING_CONFIG_MAX_AGE`` old."""
+    """One signing config per signing region, rebuilt once it is ``SIGNING_CONFIG_MAX_AGE``
+    old or when the credentials change (re-read every ``recheck`` seconds)."""
 
-    __slots__ = ("_built", "_clock", "_config", "_source")
+    __slots__ = ("_clock", "_configs", "_credentials", "_version")
 
-    def __init__(self, source: SourceConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._source = source
+    def __init__(self, credentials: CredentialSource, *, recheck: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._credentials = CredentialReader(credentials, recheck=recheck, clock=clock)
         self._clock = clock
-        self._config = signing_config(source)
-        self._built = clock()
+        self._configs: dict[str, tuple[Any, float]] = {}
+        self._version = self._credentials.version
 
-    def current(self) -> Any:
+    def current(self, region: str) -> Any:
+        version = self._credentials.check()
+        if version != self._version:
+            # Two loop threads may both see the change: either rebuild is right.
+            self._configs, self._version = {}, version
         now = self._clock()
-        if now - self._built >= SIGNING_CONFIG_MAX_AGE:
-            # Two loop threads may both rebuild it at once: either result is right.
-            self._config, self._built = signing_config(self._source), now
-        return self._config
+        entry = self._configs.get(region)
+        if entry is None or now - entry[1] >= SIGNING_CONFIG_MAX_AGE:
+            entry = (signing_config(self._credentials.current, region), now)
+            self._configs[region] = entry
+        return entry[0]
 
 
-def signing_config(source: SourceConfig) -> Any:
-    """SigV4 for S3 with the source's frozen credentials, as the CRT's signer takes it."""
-    credentials = auth.AwsCredentialsProvider.new_static(
-        source.access_key, source.secret_key, source.session_token or None)
+def signing_config(credentials: FrozenCredentials, region: str) -> Any:
+    """SigV4 for S3 with ``credentials``, as the CRT's signer takes it."""
+    provider = auth.AwsCredentialsProvider.new_static(
+        credentials.access_key, credentials.secret_key, credentials.token or None)
     return auth.AwsSigningConfig(
         algorithm=auth.AwsSigningAlgorithm.V4,
         signature_type=auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
-        credentials_provider=credentials,
-        region=source.region,
+        credentials_provider=provider,
+        region=region,
         service="s3",
         # S3 signs the path exactly as sent: no double encoding, no "//" or ".." folding.
         use_double_uri_encode=False,
@@ -166,7 +171,7 @@ def signing_config(source: SourceConfig) -> Any:
 class _CrtConnection:
     __slots__ = ("_connection", "_hold", "_signing")
 
-    def __init__(self, connection: Any, signing: SigningConfigs, holds: ThreadStateHolds) -> None:
+    def __init__(self, connection: Any, signing: SigningConfigs, holds: ThreadStateHolds | NoHolds) -> None:
         self._connection = connection
         self._signing = signing
         self._hold = _ConnectionHold(holds)
@@ -176,10 +181,10 @@ class _CrtConnection:
     def is_open(self) -> bool:
         return bool(self._connection.is_open())
 
-    def request(self, path: str, headers: list[tuple[str, str]], handler: Handler) -> Stream:
-        request = http.HttpRequest("GET", path, http.HttpHeaders(headers))
+    def request(self, target: GetTarget, headers: list[tuple[str, str]], handler: Handler) -> Stream:
+        request = http.HttpRequest("GET", target.path, http.HttpHeaders(headers))
         # With static credentials the CRT signs synchronously: the future is already done.
-        auth.aws_sign_request(request, self._signing.current()).result()
+        auth.aws_sign_request(request, self._signing.current(target.signing_region)).result()
         hold = self._hold
 
         def on_response(http_stream: Any, status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
@@ -205,7 +210,7 @@ class _ConnectionHold:
 
     __slots__ = ("_holds", "_thread")
 
-    def __init__(self, holds: ThreadStateHolds) -> None:
+    def __init__(self, holds: ThreadStateHolds | NoHolds) -> None:
         self._holds = holds
         self._thread: int | None = None
 

@@ -9,6 +9,8 @@ the hold).
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -18,8 +20,10 @@ from typing import Any
 import boto3
 import pytest
 
-from aggregator.fetch import SourceConfig
+from aggregator.fetch import SourceConfig, threadstate
+from aggregator.fetch.protocol import GetTarget
 from aggregator.fetch.transport import Connection, CrtTransport, Stream
+from aggregator.sdk.endpoints import Origin
 from tests.support.servers import SeaweedS3
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(60)]
@@ -46,7 +50,7 @@ class Recorder:
         self.done.set_result(error)
 
 
-def connect(transport: CrtTransport, host: str) -> Connection:
+def connect(transport: CrtTransport, origin: Origin) -> Connection:
     got: Future[Connection] = Future()
 
     def on_done(connection: Connection | None, error: BaseException | None) -> None:
@@ -55,7 +59,7 @@ def connect(transport: CrtTransport, host: str) -> Connection:
         else:
             got.set_result(connection)  # type: ignore[arg-type]
 
-    transport.connect(host, on_done)
+    transport.connect(origin, on_done)
     return got.result(timeout=10)
 
 
@@ -78,23 +82,39 @@ def object_path(seaweed: SeaweedS3) -> str:
     return f"/{bucket}/one"
 
 
-def test_the_loop_thread_keeps_its_state_while_a_connection_is_open(seaweed: SeaweedS3, object_path: str) -> None:
+def test_the_hold_is_used_only_on_the_cpython_versions_it_was_checked_on() -> None:
+    # Checked on CPython 3.11 (3.11.7 here, Lambda's python3.11). A new interpreter must be
+    # checked (threadstate's docstring says what for) and added to CHECKED_ON deliberately.
+    assert threadstate.CHECKED_ON == ((3, 11),)
+    assert threadstate.supported() == (sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11))
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["hold-on", "hold-off"])
+def test_the_loop_thread_keeps_its_state_while_a_connection_is_open(seaweed: SeaweedS3, object_path: str,
+                                                                    hold: bool) -> None:
     # SeaweedFS keeps connections alive (moto's server closes each after one response).
     source = SourceConfig(seaweed.endpoint_url, "eu-west-2", seaweed.access_key, seaweed.secret_key, None)
+    source = dataclasses.replace(source, thread_state_hold=hold)
     transport = CrtTransport(source, window=1 << 20, event_loop_threads=1)
     local = threading.local()
     host = source.endpoint_url.split("//", 1)[1]
     try:
-        connection = connect(transport, host.split(":")[0])
+        connection = connect(transport, Origin(False, host.split(":")[0], int(host.split(":")[1])))
         recorder = Recorder(local)
+        target = GetTarget(Origin(False, host.split(":")[0], int(host.split(":")[1])), host, object_path, "eu-west-2")
         for _ in range(3):
             before = recorder.done
-            connection.request(object_path, [("host", host)], recorder)
+            connection.request(target, [("host", host)], recorder)
             assert before.result(timeout=10) is None
             recorder.done = Future()
         assert recorder.body == b"body bytes" * 3
         threads = {thread for thread, _ in recorder.seen}
         assert len(threads) == 1 and threading.get_ident() not in threads  # the CRT's loop thread
+        if not hold:  # plain awscrt: a fresh thread state for every callback
+            assert [found for _, found in recorder.seen] == [None, None, None]
+            assert transport.thread_states_held == 0
+            connection.close()
+            return
         # The second and third responses found what the one before stored: same thread state.
         assert [found for _, found in recorder.seen] == [None, 1, 2]
         assert transport.thread_states_held == 1

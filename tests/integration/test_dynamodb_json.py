@@ -204,3 +204,26 @@ def test_the_factory_resolves_endpoint_region_and_credentials_like_the_sdk(
     assert (client.endpoint_url, client.region) == (moto_server.endpoint_url, REGION)
     client.put_item(TableName=table, Item=item("from-the-factory"))
     assert boto.get_item(TableName=table, Key={"ObjectID": {"S": "from-the-factory"}})["Item"]["Owner"] == {"S": "a"}
+
+
+def test_the_factory_goes_through_https_proxy_like_boto3(moto_server: MotoServer, boto: Any, table: str,
+                                                          tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.integration.test_proxy_fetch import Pproxy
+
+    for name in ("https_proxy", "http_proxy", "no_proxy", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    origin = moto_server.endpoint_url.split("//", 1)[1]
+    with Pproxy(tmp_path / "pproxy.log") as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_server.endpoint_url)
+        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                        region_name=REGION)
+        lean_client = clients.claims_client(session)
+        try:
+            assert lean_client.proxied
+            lean_client.put_item(TableName=table, Item=item("via-proxy"))
+            got = boto.batch_get_item(RequestItems={table: {"Keys": [{"ObjectID": {"S": "via-proxy"}}]}})
+            assert len(got["Responses"][table]) == 1
+            assert proxy.carried(origin) >= 1, "the claims client did not go through HTTP_PROXY"
+        finally:
+            lean_client.close()

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from aggregator.fetch.protocol import GetTarget
 from aggregator.fetch.transport import Connection, Handler, Stream
+from aggregator.sdk.endpoints import Origin
 
 MODIFIED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -142,7 +144,8 @@ class FakeTransport:
                 task = self._tasks.popleft()
             task()
 
-    def connect(self, host: str, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
+    def connect(self, origin: Origin, on_done: Callable[[Connection | None, BaseException | None], None]) -> None:
+        host = origin.host
         self.server.connects += 1
         if self.fail_connects:
             self.fail_connects -= 1
@@ -163,6 +166,7 @@ class FakeConnection:
     def __init__(self, transport: FakeTransport, host: str) -> None:
         self.transport = transport
         self.host = host
+        self.signed_regions: list[str] = []
         self.open = True
         self.served = 0
         self.active: FakeStream | None = None
@@ -170,7 +174,9 @@ class FakeConnection:
     def is_open(self) -> bool:
         return self.open
 
-    def request(self, path: str, headers: list[tuple[str, str]], handler: Handler) -> Stream:
+    def request(self, target: GetTarget, headers: list[tuple[str, str]], handler: Handler) -> Stream:
+        path = target.path
+        self.signed_regions.append(target.signing_region)
         if not self.open:
             raise Reset("connection closed")
         stream = FakeStream(self, handler, self.transport.window)

@@ -36,13 +36,14 @@ def ref_for(s3: FakeS3, key: str, *, bucket: str = "b", version: bool = False) -
 def engine(s3: FakeS3, refs: list[ObjectRef], *, workers: int = 4, queue_depth: int = 8,
            threshold: int = 8 << 20, read_timeout: float = 10.0, cancel: threading.Event | None = None,
            fail_connects: int = 0, stale_after: int | None = None, policy: RetryPolicy = FAST,
-           virtual: bool = False) -> Iterator[Engine]:
+           virtual: bool = False, buffer_bytes: int = 64 << 20) -> Iterator[Engine]:
     transport = FakeTransport(s3, window=CHUNK, fail_connects=fail_connects, stale_after=stale_after)
     config = source(read_timeout=read_timeout)
     if virtual:
         config = SourceConfig("https://s3.example", "eu-west-2", "AKID", "SECRET", None, addressing_style="virtual")
     eng = Engine(refs, source=config, transport=transport, workers=workers,
-                 queue_depth=queue_depth, stream_threshold=threshold, cancel=cancel, policy=policy, chunk_size=CHUNK)
+                 queue_depth=queue_depth, stream_threshold=threshold, cancel=cancel, policy=policy, chunk_size=CHUNK,
+                 buffer_bytes=buffer_bytes)
     try:
         eng.start()
         yield eng
@@ -396,14 +397,12 @@ def test_a_stale_kept_alive_connection_is_not_a_failed_attempt() -> None:
     assert s3.connects > 2
 
 
-def test_waiting_bodies_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import aggregator.fetch.engine as engine_module
-
-    monkeypatch.setattr(engine_module, "BUFFER_BYTES", 10_000)
+def test_waiting_bodies_are_bounded_in_bytes() -> None:
     s3 = FakeS3()
     for i in range(50):
         s3.put("b", f"k{i}", b"z" * 4000)
-    with engine(s3, [ref_for(s3, f"k{i}") for i in range(50)], workers=2, queue_depth=40, threshold=5000) as eng:
+    with engine(s3, [ref_for(s3, f"k{i}") for i in range(50)], workers=2, queue_depth=40, threshold=5000,
+                buffer_bytes=10_000) as eng:
         time.sleep(0.2)
         assert len(s3.requests) <= 3 + 2  # 12,000 bytes waiting stop the slots; two were in flight
         assert sum(1 for _ in eng.results()) == 50

@@ -77,6 +77,6 @@ def test_source_config_from_a_botocore_client() -> None:
         aws_access_key_id="AKID", aws_secret_access_key="SECRET", aws_session_token="TOKEN",
         config=Config(connect_timeout=3, read_timeout=7, s3={"addressing_style": "virtual"}),
     )
-    source = source_config_from_client(client)
+    source = source_config_from_client(client, verify=True)
     assert source == SourceConfig("http://127.0.0.1:4566", "eu-west-2", "AKID", "SECRET", "TOKEN",
                                   addressing_style="virtual", connect_timeout=3.0, read_timeout=7.0)

@@ -14,7 +14,9 @@ from aggregator.base.events import ObjectRef
 from aggregator.base.objects import ObjectHead
 from aggregator.fetch import protocol
 from aggregator.fetch.protocol import Outcome
-from aggregator.fetch.source import Endpoint, SourceConfig
+from aggregator.fetch.source import SourceConfig
+from aggregator.sdk.credentials import CredentialSource, FrozenCredentials
+from aggregator.sdk.endpoints import Origin, static_bucket_endpoint
 
 HOSTILE_KEYS = [
     "plain.txt",
@@ -31,15 +33,18 @@ HOSTILE_KEYS = [
 ]
 
 
+def tgt(url: str, r: ObjectRef, *, virtual: bool = False) -> protocol.GetTarget:
+    return protocol.target(static_bucket_endpoint(url, r.bucket, region="eu-west-2", virtual=virtual), r)
+
+
 def ref(key: str = "k", *, version_id: str | None = None, etag: str | None = "abc") -> ObjectRef:
     return ObjectRef(bucket="src-bucket", key=key, size=None, etag=etag, version_id=version_id, sequencer="01")
 
 
 @pytest.mark.parametrize("key", HOSTILE_KEYS)
 def test_path_style_target_round_trips_every_key(key: str) -> None:
-    endpoint = Endpoint.parse("http://127.0.0.1:9000")
-    target = protocol.target(endpoint, ref(key), virtual=False)
-    assert target.host == "127.0.0.1"
+    target = tgt("http://127.0.0.1:9000", ref(key))
+    assert target.origin == Origin(False, "127.0.0.1", 9000)
     assert target.host_header == "127.0.0.1:9000"
     assert target.path.startswith("/src-bucket/")
     encoded = target.path.removeprefix("/src-bucket/")
@@ -52,34 +57,34 @@ def test_path_style_target_round_trips_every_key(key: str) -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.text(st.characters(codec="utf-8"), max_size=40) | st.text("az09_.~/-%+ ", max_size=20))
 def test_keys_with_nothing_to_encode_skip_quoting_and_agree_with_it(key: str) -> None:
-    path = protocol.target(Endpoint.parse("http://h"), ref(key), virtual=False).path
+    path = tgt("http://h", ref(key), virtual=False).path
     assert path == "/src-bucket/" + quote(key.encode("utf-8", "surrogatepass"), safe="/~")
 
 
 def test_key_segments_are_kept_as_they_are() -> None:
-    target = protocol.target(Endpoint.parse("http://h"), ref("a//b/./c/../d"), virtual=False)
+    target = tgt("http://h", ref("a//b/./c/../d"), virtual=False)
     assert target.path == "/src-bucket/a//b/./c/../d"
-    assert protocol.target(Endpoint.parse("http://h"), ref("a b+c%"), virtual=False).path == "/src-bucket/a%20b%2Bc%25"
+    assert tgt("http://h", ref("a b+c%"), virtual=False).path == "/src-bucket/a%20b%2Bc%25"
 
 
 def test_virtual_style_puts_the_bucket_in_the_host() -> None:
-    endpoint = Endpoint.parse("https://s3.eu-west-2.amazonaws.com")
-    target = protocol.target(endpoint, ref("a/b"), virtual=True)
-    assert target.host == "src-bucket.s3.eu-west-2.amazonaws.com"
+    target = tgt("https://s3.eu-west-2.amazonaws.com", ref("a/b"), virtual=True)
+    assert target.origin == Origin(True, "src-bucket.s3.eu-west-2.amazonaws.com", 443)
     assert target.host_header == "src-bucket.s3.eu-west-2.amazonaws.com"  # default port left out
     assert target.path == "/a/b"
 
 
 def test_endpoint_with_path_prefix_and_default_ports() -> None:
-    endpoint = Endpoint.parse("https://gateway.example/s3/")
-    assert (endpoint.tls, endpoint.host, endpoint.port, endpoint.base_path) == (True, "gateway.example", 443, "/s3")
-    assert protocol.target(endpoint, ref("k"), virtual=False).path == "/s3/src-bucket/k"
-    assert Endpoint.parse("http://h:80").host_header("h") == "h"
+    target = tgt("https://gateway.example/s3/", ref("k"))
+    assert target.origin == Origin(True, "gateway.example", 443)
+    assert target.path == "/s3/src-bucket/k"
+    assert tgt("http://h:80", ref("k")).host_header == "h"
+    assert tgt("http://[::1]:9000", ref("k")).host_header == "[::1]:9000"
 
 
 def test_version_id_pins_with_the_query_parameter_and_no_if_match() -> None:
     pinned = ref("k", version_id="3HL4kqtJ+rmSp/Xd3==", etag="abc")
-    target = protocol.target(Endpoint.parse("http://h"), pinned, virtual=False)
+    target = tgt("http://h", pinned, virtual=False)
     assert target.path == "/src-bucket/k?versionId=3HL4kqtJ%2BrmSp%2FXd3%3D%3D"
     headers = dict(protocol.request_headers(pinned, target))
     assert "If-Match" not in headers
@@ -88,14 +93,14 @@ def test_version_id_pins_with_the_query_parameter_and_no_if_match() -> None:
 
 def test_etag_pins_with_if_match_when_there_is_no_version_id() -> None:
     unversioned = ref("k", version_id=None, etag="d41d8cd98f00b204e9800998ecf8427e")
-    target = protocol.target(Endpoint.parse("http://h"), unversioned, virtual=False)
+    target = tgt("http://h", unversioned, virtual=False)
     assert "versionId" not in target.path
     assert dict(protocol.request_headers(unversioned, target))["If-Match"] == '"d41d8cd98f00b204e9800998ecf8427e"'
 
 
 def test_a_resumed_read_adds_range_and_keeps_the_pin() -> None:
     pinned = ref("k", version_id="v1")
-    target = protocol.target(Endpoint.parse("http://h"), pinned, virtual=False)
+    target = tgt("http://h", pinned, virtual=False)
     headers = dict(protocol.request_headers(pinned, target, offset=1000, etag="e1"))
     assert headers["Range"] == "bytes=1000-"
     assert headers["If-Match"] == '"e1"'
@@ -170,12 +175,12 @@ def test_crt_signature_matches_botocores_signer(key: str, version_id: str | None
 
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     source = SourceConfig("http://127.0.0.1:9000", "eu-west-2", "AKID", "SECRET", "TOKEN")
-    target = protocol.target(Endpoint.parse(source.endpoint_url), ref(key, version_id=version_id), virtual=False)
+    target = tgt(source.endpoint_url, ref(key, version_id=version_id))
     headers = protocol.request_headers(ref(key, version_id=version_id), target)
 
     from aggregator.fetch.transport import signing_config
 
-    signing = signing_config(source).replace(date=when)
+    signing = signing_config(FrozenCredentials("AKID", "SECRET", "TOKEN"), "eu-west-2").replace(date=when)
     crt_request = http.HttpRequest("GET", target.path, http.HttpHeaders(headers))
     auth.aws_sign_request(crt_request, signing).result()
 
@@ -220,12 +225,50 @@ def test_signing_configs_are_rebuilt_once_a_minute_old_so_x_amz_date_follows_the
     from aggregator.fetch.transport import SIGNING_CONFIG_MAX_AGE, SigningConfigs
 
     now = [1000.0]
-    source = SourceConfig("http://127.0.0.1:9000", "eu-west-2", "AKID", "SECRET", None)
-    configs = SigningConfigs(source, clock=lambda: now[0])
-    first = configs.current()
+    configs = SigningConfigs(FrozenCredentials("AKID", "SECRET"), clock=lambda: now[0])
+    first = configs.current("eu-west-2")
     now[0] += SIGNING_CONFIG_MAX_AGE - 1
-    assert configs.current() is first  # one config for many requests: building one costs
+    assert configs.current("eu-west-2") is first  # one config for many requests: building one costs
     now[0] += 1
-    second = configs.current()
+    second = configs.current("eu-west-2")
     assert second is not first and second.date >= first.date
-    assert configs.current() is second
+    assert configs.current("eu-west-2") is second
+    assert configs.current("us-east-1").region == "us-east-1"  # one per signing region
+
+
+class RotatingCredentials:
+    """A credential source whose keys change when told to (a session token renewed)."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.reads = 0
+
+    def get_frozen_credentials(self) -> FrozenCredentials:
+        self.reads += 1
+        return FrozenCredentials(f"AKID{self.generation}", f"SECRET{self.generation}", f"TOKEN{self.generation}")
+
+
+def _signed_key(config: object) -> str:
+    from awscrt import auth, http
+
+    request = http.HttpRequest("GET", "/b/k", http.HttpHeaders([("Host", "h")]))
+    auth.aws_sign_request(request, config).result()  # type: ignore[arg-type]
+    return dict(request.headers)["Authorization"].split("Credential=")[1].split("/")[0]
+
+
+def test_credentials_are_re_read_while_signing_so_a_rotation_reaches_the_next_requests() -> None:
+    from aggregator.fetch.transport import SigningConfigs
+
+    now = [1000.0]
+    credentials = RotatingCredentials()
+    source: CredentialSource = credentials
+    configs = SigningConfigs(source, recheck=1.0, clock=lambda: now[0])
+    assert _signed_key(configs.current("eu-west-2")) == "AKID0"
+    credentials.generation = 1  # botocore refreshed them (or the role was assumed again)
+    reads = credentials.reads
+    now[0] += 0.5
+    assert _signed_key(configs.current("eu-west-2")) == "AKID0"  # not re-read within a second
+    assert credentials.reads == reads
+    now[0] += 0.5
+    assert _signed_key(configs.current("eu-west-2")) == "AKID1"  # re-read: the new keys sign
+    assert _signed_key(configs.current("us-east-1")) == "AKID1"
