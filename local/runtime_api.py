@@ -18,6 +18,7 @@ of the init phase, as it does in Lambda.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -77,8 +78,8 @@ class RuntimeApi:
                     self._answer(HTTPStatus.NOT_FOUND, b'{"errorType":"InvalidRequest"}')
                     return
                 pending = api._next()
-                if pending is None:  # closed while waiting
-                    self._answer(HTTPStatus.GONE, b"{}")
+                if pending is None:  # the environment is going away: no answer
+                    self.close_connection = True
                     return
                 self._answer(HTTPStatus.OK, pending.body, {
                     "Lambda-Runtime-Aws-Request-Id": pending.request_id,
@@ -110,7 +111,8 @@ class RuntimeApi:
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                with contextlib.suppress(OSError):  # a runtime killed mid-request
+                    self.wfile.write(body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
