@@ -99,7 +99,7 @@ def test_function(endpoint: str, stack: Stack) -> None:
     function = client("lambda", endpoint).get_function_configuration(
         FunctionName=stack.physical("AggregatorLambdaFunction"))
     assert function["FunctionName"] == f"{SERVICE}-{STAGE}-aggregator"
-    assert (function["Runtime"], function["Handler"]) == ("python3.12", "handler.handler")
+    assert (function["Runtime"], function["Handler"]) == ("python3.11", "handler.handler")
     assert function["Timeout"] == PARAMS["functionTimeout"]
     assert function["MemorySize"] == PARAMS["memorySize"]
     environment = function["Environment"]["Variables"]
