@@ -18,8 +18,8 @@ $(STAMP): requirements.txt requirements-dev.txt package.json
 
 setup: $(STAMP)
 
-demo: setup
-	$(PY) -m local demo
+demo: package
+	$(PY) -m local demo --task-root $(TASK_ROOT)
 
 # The unit tests spread over the cores (CPU-bound, no deadlines: 177 -> 120 s on two);
 # the tests with real servers one at a time, since their deadlines and visibility timeouts
@@ -53,8 +53,15 @@ bench: setup
 bench-quick: setup
 	BENCH_QUICK=1 $(BENCH) --benchmark-compare=benchmarks/results/quick.json
 
+# The deploy artifact (build/arm64/) and its twin for this machine, unzipped
+# (build/$(HOST_ARCH)/unzipped/): the task root that run-local and demo run.
+# Deploy what was tested: npx serverless deploy --stage STAGE --package build/arm64
+STAGE ?= dev
+HOST_ARCH := $(shell uname -m | sed -e 's/aarch64/arm64/')
+TASK_ROOT := build/$(HOST_ARCH)/unzipped
+
 package: setup
-	npx serverless package --stage dev
+	$(PY) -m local.artifact --stage $(STAGE)
 
 deploy-local: setup
 	$(PY) scripts/local_deploy.py up
@@ -69,8 +76,8 @@ stack-status:
 	$(PY) -m local status
 
 # Lambda's SQS trigger, emulated, against the running stack.
-run-local: setup
-	$(PY) -m local run
+run-local: package
+	$(PY) -m local run --task-root $(TASK_ROOT)
 
 # serverless invoke local with a real event from the running stack.
 invoke-local: setup
@@ -78,4 +85,4 @@ invoke-local: setup
 	set -a; . .local-stack/env; set +a; PATH=$(CURDIR)/$(VENV)/bin:$$PATH npx serverless invoke local -f aggregator --stage local -p .local-stack/event.json
 
 clean: stack-down
-	rm -rf .serverless .local-stack .pytest_cache
+	rm -rf .serverless .local-stack .pytest_cache build

@@ -36,7 +36,21 @@ MINIO_READ_TIMEOUT = 30.0
 # defaults below apply only where those are unset.
 logger = Logger(service=None)
 metrics = Metrics()
-tracer = Tracer(patch_modules=["botocore"])
+
+
+def _tracer_if_enabled() -> Tracer | None:
+    """The X-Ray tracer, built only when tracing is on.
+
+    Building a Tracer imports the X-Ray SDK even when tracing is disabled (~0.2 s of every
+    cold start, measured by benchmarks/test_cold_start.py). Powertools' own test decides,
+    so POWERTOOLS_TRACE_DISABLED and "not in Lambda" mean the same as for a Tracer.
+    """
+    if Tracer._is_tracer_disabled():
+        return None
+    return Tracer(patch_modules=["botocore"])
+
+
+tracer = _tracer_if_enabled()
 
 DEFAULT_METRICS_NAMESPACE = "S3MinioAggregator"
 # The processor only learns our verdict; what went wrong is logged by the pipeline.
@@ -109,9 +123,8 @@ def warm_dependencies() -> Dependencies:
     return build_dependencies(settings)
 
 
-@tracer.capture_lambda_handler(capture_response=False)
 @logger.inject_lambda_context(log_event=False)
-def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]:
+def _handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]:
     try:
         deps = warm_dependencies()
         records = _records(event)
@@ -140,6 +153,9 @@ def handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]
         return response
     finally:
         metrics.flush_metrics()
+
+
+handler = tracer.capture_lambda_handler(_handler, capture_response=False) if tracer else _handler
 
 
 def _records(event: Any) -> list[dict[str, Any]]:

@@ -88,7 +88,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("performance gate")
     for name, row in gate.items():
         verdict = "PASS" if row["passed"] else "FAIL"
-        sense = ">=" if row["unit"] == "x" else "<="
+        sense = row.get("sense") or (">=" if row["unit"] == "x" else "<=")
         terminalreporter.line(f"{verdict}  {name}: {row['measured']:g} {row['unit']} "
                               f"(target {sense} {row['target']:g} {row['unit']})  {row['detail']}")
 

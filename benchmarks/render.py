@@ -91,7 +91,7 @@ def markdown(document: dict[str, Any], gate: dict[str, Any] | None) -> str:
     if gate:
         lines += ["| target | measured | verdict | detail |", "|---|---|---|---|"]
         for name, row in gate["targets"].items():
-            sense = ">=" if row["unit"] == "x" else "<="
+            sense = row.get("sense") or (">=" if row["unit"] == "x" else "<=")
             lines.append(f"| {name} {sense} {row['target']:g} {row['unit']} | {row['measured']:.3g} {row['unit']} "
                          f"| {'pass' if row['passed'] else '**FAIL**'} | {row['detail']} |")
         lines.append("")

@@ -1,10 +1,18 @@
-"""One Lambda execution environment: a child process that serves invocations one at a time.
+"""One Lambda execution environment: the packaged function run by Lambda's own runtime client.
 
-The child (:mod:`local.worker`) imports the handler once and stays warm between
-invocations. Each invocation gets a deadline of ``timeout_s``; when it passes, the whole
-process group is SIGKILLed, as Lambda kills a timed-out sandbox, and the next invocation
-starts a new one (a cold start). An exception in the handler leaves the sandbox warm,
-as in Lambda's Python runtime.
+A sandbox is a fresh interpreter running ``python -S -m awslambdaric HANDLER`` in the task
+root (the unzipped artifact, see local/worker.py for what is and is not on its
+``sys.path``), with Lambda's environment, talking to a Runtime API served on loopback for
+it alone (local/runtime_api.py). So handler resolution, the context object, init
+failures and response serialisation are the real runtime client's code.
+
+It imports the handler once (the init phase) and stays warm between invocations. Each
+invocation gets a deadline of ``timeout_s`` (the ``Lambda-Runtime-Deadline-Ms`` header);
+when it passes, the whole process group is SIGKILLed, as Lambda kills a timed-out
+sandbox, and the next invocation starts a new one (a cold start). An exception in the
+handler leaves the sandbox warm, as in Lambda's Python runtime. An init failure is
+reported as Lambda reports it: an ``INIT_REPORT`` line, and the invocation fails with the
+runtime client's error (``Runtime.ImportModuleError``, ...).
 
 The function's stdout and stderr go to a :class:`LogSink`, which keeps them in a log file
 (with Lambda's START / END / REPORT lines), sums the EMF metrics found in them and counts
@@ -16,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -28,13 +38,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from local.json_lines import JsonLines
+from local import worker
+from local.runtime_api import Outcome, Pending, RuntimeApi
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = worker.REPO_ROOT
 ACCOUNT_ID = "123456789012"  # moto's default account
-# The SDK and tooling variables a sandbox must not inherit from the caller: the function
-# gets exactly the configured environment, so it can never reach real AWS by accident.
-_SCRUBBED_PREFIXES = ("AWS_", "POWERTOOLS_", "_HANDLER", "LAMBDA_")
 
 
 @dataclass(frozen=True)
@@ -139,67 +147,82 @@ class Sandbox:
         self.label = label
         self.invocations = 0
         self._process: subprocess.Popen[bytes] | None = None
-        self._requests: IO[bytes] | None = None
-        self._responses: JsonLines | None = None
+        self._api: RuntimeApi | None = None
         self._reader: threading.Thread | None = None
+        self._tmp: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-    def _environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    def _environment(self, *, api: RuntimeApi, tmp: Path) -> dict[str, str]:
+        env = worker.inherited_environment()
         env.update(self.config.env)
         stream = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}"
+        task_root = Path(self.config.task_root).resolve()
         env.update({
             "AWS_LAMBDA_FUNCTION_NAME": self.config.name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.config.memory_mb),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_LOG_GROUP_NAME": self.config.log_group,
             "AWS_LAMBDA_LOG_STREAM_NAME": stream,
+            # serverless.yml's LoggingConfig: the runtime's own lines are JSON too.
+            "AWS_LAMBDA_LOG_FORMAT": "JSON",
+            "AWS_LAMBDA_RUNTIME_API": api.address,
             "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
-            "LAMBDA_TASK_ROOT": str(self.config.task_root),
+            "LAMBDA_TASK_ROOT": str(task_root),
+            "LAMBDA_RUNTIME_DIR": str(worker.runtime_packages()),
             "_HANDLER": self.config.handler,
             # As Lambda sets them; nothing listens there, and Sampled=0 sends nothing anyway.
             "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
             "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
-            "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(self.config.task_root), str(REPO_ROOT)])),
+            "PYTHONPATH": worker.python_path(task_root, worker.runtime_packages()),
+            "PYTHONNOUSERSITE": "1",
+            # /var/task is read-only: no bytecode is written next to the code.
+            "PYTHONDONTWRITEBYTECODE": "1",
+            # Lambda's writable /tmp, new for each environment.
+            "TMPDIR": str(tmp),
+            "TZ": ":UTC",
         })
         env.setdefault("AWS_REGION", self.config.region)
         env.setdefault("AWS_DEFAULT_REGION", self.config.region)
         return env
 
+    def _alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def _start(self) -> Invocation | None:
         """Start a new environment and run its init phase; an Invocation if init failed."""
-        request_read, request_write = os.pipe()
-        response_read, response_write = os.pipe()
         started = time.time()
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-u", "-m", "local.worker", self.config.handler, str(request_read),
-                 str(response_write)],
-                cwd=self.config.task_root, env=self._environment(), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(request_read, response_write),
-                # Its own process group: Ctrl-C in the terminal does not reach it, and a kill
-                # at the deadline takes any process the function started with it.
-                start_new_session=True,
-            )
-        finally:
-            os.close(request_read)
-            os.close(response_write)
-        self._requests = os.fdopen(request_write, "wb")
-        self._responses = JsonLines(response_read)
+        self._api = RuntimeApi()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"lambda-{self.config.name}-tmp-"))
+        self._process = subprocess.Popen(
+            worker.bootstrap_command(self.config.handler), cwd=self.config.task_root,
+            env=self._environment(api=self._api, tmp=self._tmp), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            # Its own process group: Ctrl-C in the terminal does not reach it, and a kill
+            # at the deadline takes any process the function started with it.
+            start_new_session=True,
+        )
         self._reader = threading.Thread(target=self._pump_logs, args=(self._process.stdout,),
                                         name=f"{self.label}-logs", daemon=True)
         self._reader.start()
-        message = self._read_response(time.monotonic() + self.config.init_timeout_s)
-        if message is not None and message.get("type") == "ready":
+        outcome = self._api.wait_init(self.config.init_timeout_s, alive=self._alive)
+        if outcome is not None and outcome.kind == "ready":
             return None
-        outcome = "init_error" if message is not None else "timeout"
-        error = message or {"errorType": "InitTimeout",
-                            "errorMessage": f"init did not finish in {self.config.init_timeout_s:.0f} s"}
-        self.sink.runtime_line(f"INIT_REPORT Init Duration: {(time.time() - started) * 1000:.2f} ms "
-                               f"Phase: init Status: {outcome} {error.get('errorType')}: {error.get('errorMessage')}")
+        if outcome is not None:
+            error = outcome.json() or {}
+            status = "error"
+        elif not self._alive():
+            code = self._process.poll()
+            error = {"errorType": "Runtime.ExitError", "errorMessage": f"Runtime exited with {code} during init"}
+            status = "error"
+        else:
+            error = {"errorType": "Sandbox.Timedout",
+                     "errorMessage": f"init did not finish in {self.config.init_timeout_s:.0f} s"}
+            status = "timeout"
+        self.sink.runtime_line(f"INIT_REPORT Init Duration: {(time.time() - started) * 1000:.2f} ms\t"
+                               f"Phase: init\tStatus: {status}\tError Type: {error.get('errorType')}")
         self.kill()
-        return Invocation(request_id="-", outcome=outcome, started=started, duration_s=time.time() - started,
-                          cold_start=True, error=error)
+        return Invocation(request_id="-", outcome="init_error" if status == "error" else "timeout",
+                          started=started, duration_s=time.time() - started, cold_start=True, error=error)
 
     def _pump_logs(self, stream: IO[bytes] | None) -> None:
         if stream is None:
@@ -215,16 +238,15 @@ class Sandbox:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        if self._requests is not None:
-            with contextlib.suppress(OSError):
-                self._requests.close()
-            self._requests = None
-        if self._responses is not None:
-            self._responses.close()
-            self._responses = None
+        if self._api is not None:
+            self._api.close()
+            self._api = None
         if self._reader is not None:
             self._reader.join(timeout=5)
             self._reader = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     close = kill
 
@@ -237,64 +259,46 @@ class Sandbox:
 
     # -- invocations -----------------------------------------------------------------
     def invoke(self, event: Mapping[str, Any]) -> Invocation:
-        cold = self._process is None or self._process.poll() is not None
+        cold = not self._alive()
         if cold:
             self.kill()
             failed_init = self._start()
             if failed_init is not None:
                 return failed_init
-        assert self._process is not None and self._requests is not None
+        assert self._api is not None
         self.invocations += 1
         request_id = str(uuid.uuid4())
         started = time.time()
         deadline = time.monotonic() + self.config.timeout_s
-        deadline_ms = int((started + self.config.timeout_s) * 1000)
-        context = {
-            "aws_request_id": request_id,
-            "function_name": self.config.name,
-            "function_version": "$LATEST",
-            "invoked_function_arn": self.config.arn,
-            "memory_limit_in_mb": str(self.config.memory_mb),
-            "log_group_name": self.config.log_group,
-            "log_stream_name": "local",
-            "deadline_ms": deadline_ms,
-        }
+        trace_id = f"Root=1-{int(started):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0"
         self.sink.runtime_line(f"START RequestId: {request_id} Version: $LATEST")
-        try:
-            trace_id = f"Root=1-{int(started):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0"
-            self._requests.write(json.dumps({"event": event, "context": context, "trace_id": trace_id}).encode()
-                                 + b"\n")
-            self._requests.flush()
-            message = self._read_response(deadline)
-        except BrokenPipeError:
-            message = {}
+        self._api.invoke(Pending(request_id=request_id, body=json.dumps(event).encode(),
+                                 deadline_ms=int((started + self.config.timeout_s) * 1000),
+                                 function_arn=self.config.arn, trace_id=trace_id))
+        outcome = self._api.wait(deadline, alive=self._alive)
         duration = time.time() - started
         memory = self._max_memory_mb()
-        if message is None:
+        result: Any = None
+        error: Mapping[str, Any] | None = None
+        if outcome is None and self._alive():
             self.sink.runtime_line(f"{datetime.now(UTC).isoformat()} {request_id} Task timed out after "
                                    f"{self.config.timeout_s:.2f} seconds")
             self.kill()
-            outcome, result, error = "timeout", None, {"errorType": "Sandbox.Timedout",
-                                                       "errorMessage": "Task timed out"}
-        elif not message:
+            status, error = "timeout", {"errorType": "Sandbox.Timedout", "errorMessage": "Task timed out"}
+        elif outcome is None:
             code = self._process.poll() if self._process else None
             self.kill()
-            outcome, result, error = "crash", None, {"errorType": "Runtime.ExitError",
-                                                     "errorMessage": f"Runtime exited with {code}"}
-        elif message.get("type") == "result":
-            outcome, result, error = "ok", message.get("result"), None
+            status, error = "crash", {"errorType": "Runtime.ExitError", "errorMessage": f"Runtime exited with {code}"}
+        elif outcome.kind == "response":
+            status, result = "ok", _parsed(outcome)
         else:
-            outcome, result, error = "error", None, message
+            status, error = "error", _error(outcome)
         self.sink.runtime_line(f"END RequestId: {request_id}")
         self.sink.runtime_line(
             f"REPORT RequestId: {request_id}\tDuration: {duration * 1000:.2f} ms\t"
-            f"Memory Size: {self.config.memory_mb} MB\tMax Memory Used: {memory or '?'} MB\tStatus: {outcome}")
-        return Invocation(request_id=request_id, outcome=outcome, started=started, duration_s=duration,
+            f"Memory Size: {self.config.memory_mb} MB\tMax Memory Used: {memory or '?'} MB\tStatus: {status}")
+        return Invocation(request_id=request_id, outcome=status, started=started, duration_s=duration,
                           cold_start=cold, result=result, error=error, max_memory_mb=memory)
-
-    def _read_response(self, deadline: float) -> dict[str, Any] | None:
-        assert self._responses is not None
-        return self._responses.read(deadline)
 
     def _max_memory_mb(self) -> int | None:
         # VmHWM of the child itself (FIELD-NOTES: ru_maxrss would include the parent).
@@ -308,3 +312,22 @@ class Sandbox:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) // 1024
         return None
+
+
+def _parsed(outcome: Outcome) -> Any:
+    try:
+        return outcome.json()
+    except ValueError:
+        return outcome.body.decode(errors="replace")
+
+
+def _error(outcome: Outcome) -> dict[str, Any]:
+    """Lambda's error document: errorType, errorMessage, stackTrace."""
+    try:
+        document = outcome.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        document = {"errorMessage": outcome.body.decode(errors="replace")}
+    document.setdefault("errorType", outcome.error_type or "Unknown")
+    return document

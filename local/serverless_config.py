@@ -77,7 +77,9 @@ def load_stage(path: Path, *, stage: str = "local", function: str = "aggregator"
         whole = _VARIABLE.fullmatch(value)
         if whole:  # a value that is one variable keeps its type (numbers stay numbers)
             return resolve(lookup(whole.group(1).strip()), depth + 1)
-        return _VARIABLE.sub(lambda m: str(resolve(lookup(m.group(1).strip()), depth + 1)), value)
+        resolved = _VARIABLE.sub(lambda m: str(resolve(lookup(m.group(1).strip()), depth + 1)), value)
+        # A nested variable (``${self:custom.map.${param:key}}``): the inner one first, then the outer.
+        return resolve(resolved, depth + 1) if resolved != value and "${" in resolved else resolved
 
     def lookup(name: str) -> Any:
         if name == "self:service":

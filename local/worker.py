@@ -1,106 +1,113 @@
-"""The child side of a sandbox: ``python -m local.worker HANDLER REQUEST_FD RESPONSE_FD``.
+"""What one execution environment is made of, as Lambda's Python runtime builds it.
 
-Like a warm Lambda execution environment it imports the handler once (the init phase),
-then serves invocations one at a time. Requests and responses are JSON lines on two
-dedicated pipes, so the function keeps stdout and stderr for its own log lines, as in
-Lambda. It exits when the request pipe closes: a runner that dies takes its workers
-with it.
+- **The interpreter**: a fresh CPython of the runtime's version, started with ``-S``, so
+  nothing from a virtualenv or the system's site-packages is on ``sys.path``.
+- **The runtime's packages**: a directory holding only ``awslambdaric`` (the runtime
+  interface client of AWS's base images) and what it needs, copied from this
+  interpreter's installation (:func:`runtime_packages`). Lambda's own copy of boto3 is
+  deliberately not there: the zip brings the SDK it was tested with.
+- **The task root**: the unzipped artifact (``LAMBDA_TASK_ROOT``, the working directory,
+  first on ``PYTHONPATH``), read-only as far as bytecode goes.
+- **The bootstrap**: ``python -S -m awslambdaric HANDLER``, which imports the handler
+  (the init phase) and then serves invocations from ``AWS_LAMBDA_RUNTIME_API``
+  (local/runtime_api.py).
+
+A task root that is the repository itself (the development tree, not an artifact) also
+gets this interpreter's site-packages, after the task root: handy for quick runs, but
+only a run from the artifact (``make package``, ``build/<arch>/unzipped``) shows what
+Lambda will run.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
+import importlib.metadata
 import os
+import re
+import shutil
 import sys
-import time
-import traceback
-from collections.abc import Callable
-from typing import Any, BinaryIO
+import sysconfig
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_CLIENT = "awslambdaric"
+# The caller's variables a sandbox must not inherit: SDK and tooling settings (the
+# function gets exactly the configured environment, so it never reaches real AWS by
+# accident) and anything that would put the caller's packages on sys.path.
+SCRUBBED_PREFIXES = ("AWS_", "POWERTOOLS_", "_HANDLER", "LAMBDA_", "PYTHON", "VIRTUAL_ENV", "_X_AMZN_")
 
 
-class LambdaContext:
-    """The attributes and method of the Python runtime's context object.
-
-    ``memory_limit_in_mb`` is a string, as the real runtime (and ``serverless invoke
-    local``) hands it over: code that does arithmetic on it must convert it.
-    """
-
-    def __init__(self, *, aws_request_id: str, function_name: str, function_version: str,
-                 invoked_function_arn: str, memory_limit_in_mb: str, log_group_name: str,
-                 log_stream_name: str, deadline_ms: int) -> None:
-        self.aws_request_id = aws_request_id
-        self.function_name = function_name
-        self.function_version = function_version
-        self.invoked_function_arn = invoked_function_arn
-        self.memory_limit_in_mb = memory_limit_in_mb
-        self.log_group_name = log_group_name
-        self.log_stream_name = log_stream_name
-        self.identity = None
-        self.client_context = None
-        self._deadline_ms = deadline_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, self._deadline_ms - int(time.time() * 1000))
+def interpreter() -> str:
+    """The base interpreter of this one (not the venv's launcher), same version."""
+    return getattr(sys, "_base_executable", None) or sys.executable
 
 
-def load_handler(spec: str) -> Callable[[Any, Any], Any]:
-    """``module.function`` as Lambda's ``_HANDLER`` names it (the module may be dotted)."""
-    module_name, _, function_name = spec.rpartition(".")
-    if not module_name:
-        raise ValueError(f"handler {spec!r} is not of the form module.function")
-    function = getattr(importlib.import_module(module_name), function_name)
-    if not callable(function):
-        raise TypeError(f"{spec} is not callable")
-    return function  # type: ignore[no-any-return]
+def bootstrap_command(handler: str) -> list[str]:
+    return [interpreter(), "-S", "-m", RUNTIME_CLIENT, handler]
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
-    # Lambda's error response: errorType, errorMessage, stackTrace.
-    return {
-        "errorType": type(exc).__name__,
-        "errorMessage": str(exc),
-        "stackTrace": traceback.format_exception(exc),
-    }
+def _requirement_names(dist: importlib.metadata.Distribution) -> list[str]:
+    names = []
+    for requirement in dist.requires or []:
+        if ";" in requirement and "extra" in requirement.split(";", 1)[1]:
+            continue
+        match = re.match(r"[A-Za-z0-9._-]+", requirement)
+        if match:
+            names.append(match.group(0))
+    return names
 
 
-def _send(pipe: BinaryIO, message: dict[str, Any]) -> None:
-    pipe.write(json.dumps(message).encode() + b"\n")
-    pipe.flush()
+def _closure(name: str) -> list[importlib.metadata.Distribution]:
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    todo = [name]
+    while todo:
+        dist = importlib.metadata.distribution(todo.pop())
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key not in seen:
+            seen[key] = dist
+            todo.extend(_requirement_names(dist))
+    return list(seen.values())
 
 
-def serve(spec: str, requests: BinaryIO, responses: BinaryIO) -> int:
+def runtime_packages(build: Path = REPO_ROOT / "build") -> Path:
+    """A directory with only the runtime client and its dependencies (made once per version set)."""
+    dists = _closure(RUNTIME_CLIENT)
+    tag = "-".join(sorted(f"{d.metadata['Name']}-{d.version}" for d in dists))
+    target = build / "lambda-runtime" / f"py{sys.version_info.major}{sys.version_info.minor}-{tag}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
     try:
-        handler = load_handler(spec)
-    except BaseException as e:  # any failure of the init phase is reported, as Lambda does
-        _send(responses, {"type": "init_error", **_error(e)})
-        return 1
-    _send(responses, {"type": "ready"})
-    for line in requests:
-        request = json.loads(line)
-        context = LambdaContext(**request["context"])
-        # The runtime sets the invocation's trace header in the environment, where the
-        # X-Ray SDK (Powertools Tracer) looks for it; without it the SDK logs plain-text
-        # warnings that a real Lambda never shows.
-        os.environ["_X_AMZN_TRACE_ID"] = request["trace_id"]
+        for dist in dists:
+            for file in dist.files or []:
+                source = Path(str(dist.locate_file(file)))
+                if file.parts[0] == ".." or "__pycache__" in file.parts or not source.is_file():
+                    continue  # console scripts live outside site-packages; bytecode is rebuilt
+                destination = staging / file
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination)
         try:
-            result = handler(request["event"], context)
-            payload = {"type": "result", "result": result}
-            encoded = json.dumps(payload)  # a result Lambda could not serialise is an error there too
-        except Exception as e:
-            encoded = json.dumps({"type": "error", **_error(e)})
-        sys.stdout.flush()
-        sys.stderr.flush()
-        responses.write(encoded.encode() + b"\n")
-        responses.flush()
-    return 0
+            staging.rename(target)
+        except OSError:  # another sandbox made it first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
-def main(argv: list[str]) -> int:
-    spec, request_fd, response_fd = argv[0], int(argv[1]), int(argv[2])
-    with os.fdopen(request_fd, "rb") as requests, os.fdopen(response_fd, "wb") as responses:
-        return serve(spec, requests, responses)
+def site_packages() -> list[str]:
+    """This interpreter's site-packages: for a task root that is the development tree only."""
+    return list(dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]))
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def python_path(task_root: Path, runtime: Path) -> str:
+    entries = [str(task_root), str(runtime)]
+    if task_root.resolve() == REPO_ROOT:
+        entries += site_packages()
+    return os.pathsep.join(entries)
+
+
+def inherited_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}

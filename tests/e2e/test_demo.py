@@ -1,7 +1,8 @@
 """The local stack as a new user meets it: the demo, the CLI, and serverless invoke local.
 
-The demo runs the real ``handler.handler`` in Lambda-like sandboxes fed by the local SQS
-event-source runner, on a small data set, and must verify: every object in exactly one
+The demo runs the packaged ``handler.handler`` (the unzipped twin of the deploy artifact)
+under awslambdaric in Lambda-like sandboxes fed by the local SQS event-source runner,
+on a small data set, and must verify: every object in exactly one
 archive, checksums, manifests and bytes matching the sources, duplicates skipped, and no
 process left running afterwards.
 """
@@ -23,6 +24,7 @@ import pytest
 import zstandard
 
 from local import stack
+from local.artifact import Artifact
 from local.demo import DemoOptions, run_demo
 from local.processes import is_running
 from local.resources import aws_client, minio_client
@@ -42,9 +44,10 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}
 
 
-def test_demo_archives_and_verifies_a_small_data_set(tmp_path: Path) -> None:
+def test_demo_archives_and_verifies_a_small_data_set(tmp_path: Path, twin: Artifact) -> None:
+    # `make demo` runs the packaged function: the unzipped twin, through awslambdaric.
     options = DemoOptions(objects=60, duplicates=3, progress=False, state_dir=tmp_path / "stack", idle_s=3,
-                          max_s=300)
+                          max_s=300, task_root=twin.task_root)
     out = io.StringIO()
 
     result = run_demo(options, out=out, say=lambda _: None)

@@ -28,6 +28,7 @@ from aggregator.base.errors import MalformedMessage
 from aggregator.base.events import parse_body
 from aggregator.base.settings import Settings
 from aggregator.claims import store as claims
+from local import artifact
 from scripts.local_deploy import sample_object_body
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,10 +43,8 @@ CONTRACT_ENVIRONMENT = {
     "MAX_FETCH_WORKERS", "FETCH_PROCESSES", "SPOOL_MAX_MEMORY_BYTES", "IDEMPOTENCY_TTL_SECONDS", "ENVIRONMENT",
     "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL",
 }
-CLAIM_ACTIONS = {
-    "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-    "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:ConditionCheckItem",
-}
+# What aggregator/claims calls (its transactions hold Put and Delete items only).
+CLAIM_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem"}
 EM_AARCH64 = 183
 LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
 S3_NOTIFICATION_BYTES = 2048  # generous size of one S3 event notification message
@@ -55,7 +54,9 @@ def offline_env() -> dict[str, str]:
     """No credentials, no profile, no endpoint: packaging must not need AWS at all."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-               SLS_PYTHON_BIN=sys.executable, SLS_TELEMETRY_DISABLED="1")
+               SLS_PYTHON_BIN=sys.executable, SLS_TELEMETRY_DISABLED="1",
+               # As `make package` builds it: hash-checked .pyc files (local/artifact.py).
+               SOURCE_DATE_EPOCH=artifact.SOURCE_DATE_EPOCH)
     return env
 
 
@@ -155,21 +156,50 @@ def sub_text(value: Any) -> str:
 # -- the template as a whole ------------------------------------------------------------
 
 
+# cfn-lint's E2533: the runtime is past AWS's deprecation date. The template names
+# python3.11, the only CPython these machines have (issue 13: the runtime and the tests'
+# interpreter are the same version); see test_the_runtime_can_still_be_deployed.
+RUNTIME_DEPRECATED = "E2533"
+
+
+def cfn_lint(package: Package, *, ignore: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    ignored = ["--ignore-checks", *ignore] if ignore else []
+    return subprocess.run([str(BIN / "cfn-lint"), "--regions", "eu-west-2", *ignored, "--",
+                           str(package.template_path)], capture_output=True, text=True, timeout=300, check=False)
+
+
 def test_cfn_lint_reports_nothing(package: Package) -> None:
-    result = subprocess.run([str(BIN / "cfn-lint"), "--regions", "eu-west-2", "--", str(package.template_path)],
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = cfn_lint(package, ignore=(RUNTIME_DEPRECATED,))
     assert (result.returncode, result.stdout.strip()) == (0, ""), f"cfn-lint:\n{result.stdout}\n{result.stderr}"
 
 
-def test_stack_is_regional_arm64_python312(package: Package) -> None:
+@pytest.mark.xfail(strict=True, reason="python3.11 on Lambda: deprecated 2026-06-30, function creation blocked "
+                   "2026-07-31, updates 2026-08-31 (cfn-lint's runtime lifecycle data). No newer CPython is "
+                   "reachable here (README, 'The artifact'); passes once the template and the tests move together.")
+def test_the_runtime_can_still_be_deployed(package: Package) -> None:
+    result = cfn_lint(package)
+    assert RUNTIME_DEPRECATED not in result.stdout, result.stdout
+
+
+def test_stack_is_regional_arm64_python311(package: Package) -> None:
     provider = package.state["service"]["provider"]
     assert provider["region"] == "eu-west-2"
     assert provider["stage"] == "dev"
     function = package.resources["AggregatorLambdaFunction"]["Properties"]
-    assert function["Runtime"] == "python3.12"
+    assert function["Runtime"] == f"python{sys.version_info.major}.{sys.version_info.minor}" == "python3.11"
     assert function["Architectures"] == ["arm64"]
     assert function["Handler"] == "handler.handler"
-    assert function["TracingConfig"] == {"Mode": "Active"}
+    # X-Ray is opt-in (param `tracing`): off, the function does not even import its SDK.
+    assert function["TracingConfig"] == {"Mode": "PassThrough"}
+    assert function["Environment"]["Variables"]["POWERTOOLS_TRACE_DISABLED"] == "true"
+
+
+def test_tracing_param_turns_xray_on_for_the_function_and_powertools() -> None:
+    result = serverless("print", "--stage", "dev", "--param=tracing=Active", "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = json.loads(result.stdout)
+    assert config["provider"]["tracing"]["lambda"] == "Active"
+    assert config["functions"]["aggregator"]["environment"]["POWERTOOLS_TRACE_DISABLED"] == "false"
 
 
 def test_function_sizing_matches_the_stage_params(package: Package, printed: dict[str, dict[str, Any]]) -> None:
@@ -436,25 +466,29 @@ def test_zip_holds_handler_package_and_arm64_dependencies_only(package: Package)
         assert "handler.py" in names
         expected_modules = {str(p.relative_to(ROOT)) for p in (ROOT / "aggregator").rglob("*.py")}
         assert expected_modules <= set(names), expected_modules - set(names)
-        assert "aws_lambda_powertools/__init__.py" in names
-        assert "zstandard/__init__.py" in names
-        # Already in the Lambda runtime, or never meant to ship.
-        unwanted = {"boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "six.py", "tests",
-                    "node_modules", "benchmarks", "scripts", "events", "docs", "local", ".venv", ".serverless",
-                    "package.json", "package-lock.json", "serverless.yml", "requirements.txt", "bin"}
+        # Everything the function imports, the SDK included: production runs the tested versions.
+        for module in ("aws_lambda_powertools", "zstandard", "awscrt", "boto3", "botocore", "s3transfer",
+                       "jmespath", "urllib3", "dateutil", "aws_xray_sdk", "wrapt"):
+            assert f"{module}/__init__.py" in names, module
+        assert "six.py" in names
+        # Never meant to ship.
+        unwanted = {"tests", "node_modules", "benchmarks", "scripts", "events", "docs", "local", ".venv",
+                    ".serverless", "package.json", "package-lock.json", "serverless.yml", "requirements.txt", "bin",
+                    "build"}
         assert not top & unwanted, top & unwanted
-        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-        assert "awscrt/__init__.py" in names  # the fetch layer's signed HTTP; not in the Lambda runtime
-        allowed_top = {"handler.py", "aggregator", "aws_lambda_powertools", "zstandard", "typing_extensions.py",
-                       "awscrt", "_awscrt.abi3.so"}
-        extra = {t for t in top if t not in allowed_top and not t.endswith(".dist-info")}
-        assert not extra, f"unexpected in the zip: {extra}"
-
+        # Bytecode only for the requirements, hash-checked (valid whatever the zip's timestamps).
+        compiled = [n for n in names if n.endswith(".pyc")]
+        assert any(n.startswith("botocore/__pycache__/") for n in compiled)
+        assert not [n for n in compiled if n.startswith("aggregator/")]
+        for name in compiled[:50]:
+            flags = int.from_bytes(archive.read(name)[4:8], "little")
+            assert flags & 1, f"{name} is not a hash-based .pyc"
+        assert not [n for n in names if n.endswith(".pyi") or n.startswith("zstandard/_cffi")]
         shared = [n for n in names if n.endswith(".so")]
         assert any(n.startswith("zstandard/") for n in shared)
         assert "_awscrt.abi3.so" in shared
         for name in shared:
-            assert "cpython-312-aarch64-linux-gnu" in name or name.endswith(".abi3.so"), name
+            assert "cpython-311-aarch64-linux-gnu" in name or name.endswith(".abi3.so"), name
             header = archive.read(name)[:20]
             assert header[:4] == b"\x7fELF", name
             assert int.from_bytes(header[18:20], "little") == EM_AARCH64, f"{name} is not an arm64 binary"
