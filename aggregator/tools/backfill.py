@@ -131,7 +131,8 @@ class RateLimiter:
         self._sent += n
 
 
-def run(args: argparse.Namespace, env: Environment, *, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     lines = list(read_report(args.report))  # a bad report is refused before anything is sent
     region = env.settings.aws_region or "us-east-1"
     now = datetime.now(UTC)

@@ -49,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace, env: Environment, *, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     rules: paths.Rules = paths.this_os() if args.path_rules == "auto" else args.path_rules
     source = archives.resolve(args.archive, env)
     target = _target(args.directory)

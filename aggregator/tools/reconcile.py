@@ -126,7 +126,8 @@ class ReadUnits:
         return f"{self.total:g} read units ({source}); {calls}"
 
 
-def run(args: argparse.Namespace, env: Environment, *, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     table = env.settings.require("IDEMPOTENCY_TABLE_NAME")
     s3, dynamodb = env.source_s3(), env.dynamodb()
     progress = Progress("reconcile")

@@ -24,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace, env: Environment, *, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     problems = Problems()
     status = EXIT_OK
     for spec in args.archives:
