@@ -29,8 +29,10 @@ listing may be missed, which reports an object as not archived, never the revers
   the listing holds an unversioned object. Two uploads of the same bytes to one key have
   one eTag: the listing's current object then counts as archived when either was.
 
-Read units are DynamoDB's own figure (``ReturnConsumedCapacity=TOTAL``); a server that
-reports none (a local emulator) gets them computed by the documented rule.
+Read units are DynamoDB's own figure (``ReturnConsumedCapacity=TOTAL``). They are also
+computed by DynamoDB's documented rule from the items read, and that figure is used when
+the server reports none and shown next to the reported one when the two differ (moto
+charges a full unit per item, as for strongly consistent reads).
 
 An archive's manifest is read once per archive key: first the small sidecar object
 ``_manifests/{ArchiveKey}.json`` next to it, else the archive itself, streamed.
@@ -104,26 +106,36 @@ class Claim:
 
 @dataclass
 class ReadUnits:
-    """DynamoDB read units: as reported, or computed where the server reported none."""
+    """DynamoDB read units: as the server reports them, and as DynamoDB's documented rule
+    computes them (kept both: a local emulator may report none, or a figure of its own)."""
 
     reported: float = 0.0
     computed: float = 0.0
+    unreported_calls: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     items: int = 0
 
     @property
     def total(self) -> float:
-        return self.reported + self.computed
+        return self.computed if self.unreported_calls else self.reported
+
+    def add(self, reported: float | None, computed: float) -> None:
+        self.computed += computed
+        if reported is None:
+            self.unreported_calls += 1
+        else:
+            self.reported += reported
 
     def describe(self) -> str:
-        if self.computed and self.reported:
-            source = f"{self.reported:g} reported by DynamoDB, {self.computed:g} computed"
-        elif self.computed:
-            source = "computed: the server reported none; eventual reads, 0.5 unit per 4 KB"
+        rule = "eventually consistent, 0.5 unit per 4 KB"
+        if self.unreported_calls:
+            source = f"computed by DynamoDB's rule ({rule}): the server reported none"
+        elif abs(self.reported - self.computed) > 1e-9:
+            source = f"reported by the server; DynamoDB's rule ({rule}) gives {self.computed:g}"
         else:
             source = "reported by DynamoDB"
         calls = ", ".join(f"{n} {name}" for name, n in sorted(self.calls.items())) or "no calls"
-        return f"{self.total:g} read units ({source}); {calls}"
+        return f"{self.total:g} read units ({source}); {calls}, {self.items} claims read"
 
 
 def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None) -> int:
@@ -268,15 +280,13 @@ class ClaimFinder:
                        "ReturnConsumedCapacity": "TOTAL"}
             response = self._call("BatchGetItem", self._client.batch_get_item, request)
             items = response.get("Responses", {}).get(self._table, [])
-            reported = sum(float(c.get("CapacityUnits", 0)) for c in response.get("ConsumedCapacity", []) or [])
+            consumed = response.get("ConsumedCapacity")
+            reported = sum(float(c.get("CapacityUnits", 0)) for c in consumed) if consumed else None
             unprocessed = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
-            if reported:
-                self._units.reported += reported
-            else:
-                # Each item rounded up to 4 KB on its own; a key with no item costs the minimum.
-                done = len(pending) - len(unprocessed)
-                sizes = [item_size(item) for item in items]
-                self._units.computed += sum(_units(size) for size in sizes) + _EVENTUAL_UNIT * (done - len(items))
+            # Each item rounded up to 4 KB on its own; a key with no item costs the minimum.
+            done = len(pending) - len(unprocessed)
+            computed = sum(_units(item_size(item)) for item in items) + _EVENTUAL_UNIT * (done - len(items))
+            self._units.add(reported, computed)
             self._units.items += len(items)
             for item in items:
                 claim = _claim(item)
@@ -301,12 +311,10 @@ class ClaimFinder:
                 kwargs["ExclusiveStartKey"] = start
             page = self._call("Scan", self._client.scan, kwargs)
             items = page.get("Items", [])
-            reported = float((page.get("ConsumedCapacity") or {}).get("CapacityUnits", 0))
-            if reported:
-                self._units.reported += reported
-            else:
-                # A Scan is billed on the bytes it read, summed over the page, then rounded up.
-                self._units.computed += _units(sum(item_size(item) for item in items))
+            consumed = page.get("ConsumedCapacity")
+            # A Scan is billed on the bytes it read, summed over the page, then rounded up.
+            self._units.add(float(consumed.get("CapacityUnits", 0)) if consumed else None,
+                            _units(sum(item_size(item) for item in items)))
             self._units.items += len(items)
             for item in items:
                 claim = _claim(item)
@@ -333,7 +341,9 @@ def parse_unversioned_id(oid: str) -> tuple[str, str, str] | None:
     """``(bucket, key, etag)`` of an unversioned claim id ``{4 hex}#{bucket}/{key}#e:{etag}@{sequencer}``."""
     _, sep, rest = oid.partition("#")
     name, sep2, identity = rest.rpartition("#e:")
-    if not sep or not sep2:
+    # Neither an eTag nor a sequencer holds '#': one after "#e:" means the key held "#e:"
+    # and the id ends in another identity (a version id).
+    if not sep or not sep2 or "#" in identity:
         return None
     bucket, slash, key = name.partition("/")
     etag = identity.rpartition("@")[0]
