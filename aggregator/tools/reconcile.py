@@ -22,12 +22,15 @@ listing may be missed, which reports an object as not archived, never the revers
   (bucket, key, versionId), exactly as the function computes it, so claims are fetched by
   key with BatchGetItem, 100 at a time (0.5 read unit per item of up to 4 KB);
 * an unversioned object's claim id ends in its eTag *and the sequencer of the event that
-  named it*, which no listing shows. Guessing is impossible, so the claim table is read
-  once with a Scan and claims are matched by (bucket, key, eTag). A Scan is billed on the
-  bytes it reads (0.5 unit per 4 KB, not per item), about 1/20 of a unit per claim: the
-  cheaper read per object anyway, but proportional to the whole table. It runs only when
-  the listing holds an unversioned object. Two uploads of the same bytes to one key have
-  one eTag: the listing's current object then counts as archived when either was.
+  named it*, which no listing shows. So does a versioned object's when its event named no
+  versionId (moto's notifications name none; S3's always do). Guessing is impossible, so
+  the claim table is read once with a Scan and those claims are matched by (bucket, key,
+  eTag). A Scan is billed on the bytes it reads (0.5 unit per 4 KB, not per item), about
+  1/20 of a unit per claim: the cheaper read per object anyway, but proportional to the
+  whole table. It runs only when the listing holds an unversioned object or a versioned
+  one not found by its version id (``--no-scan`` skips the latter, for a large table fed
+  only by S3's own notifications). Two uploads of the same bytes to one unversioned key
+  have one eTag: the current object then counts as archived when either was.
 
 Read units are DynamoDB's own figure (``ReturnConsumedCapacity=TOTAL``). They are also
 computed by DynamoDB's documented rule from the items read, and that figure is used when
@@ -76,6 +79,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--since", type=_moment, help="only versions last modified at or after (ISO 8601, UTC)")
     parser.add_argument("--until", type=_moment, help="only versions last modified before (ISO 8601, UTC)")
     parser.add_argument("--report", help="write the JSON lines here instead of stdout")
+    parser.add_argument("--no-scan", action="store_true",
+                        help="never Scan the claims for a versioned object not found by its version id "
+                             "(cheaper on a large table when every event carries a versionId)")
     parser.set_defaults(run=run)
 
 
@@ -144,7 +150,7 @@ def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None
     s3, dynamodb = env.source_s3(), env.dynamodb()
     progress = Progress("reconcile")
     units = ReadUnits()
-    claims = ClaimFinder(dynamodb, table, units)
+    claims = ClaimFinder(dynamodb, table, units, scan_versioned=not args.no_scan)
     index = ArchiveIndex(env)
     problems = Problems()
     counts: Counter[str] = Counter()
@@ -251,9 +257,10 @@ def claim_id(version: Version) -> str:
 
 
 class ClaimFinder:
-    def __init__(self, client: Any, table: str, units: ReadUnits, *,
+    def __init__(self, client: Any, table: str, units: ReadUnits, *, scan_versioned: bool = True,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._client = client
+        self._scan = scan_versioned
         self._table = table
         self._units = units
         self._sleep = sleep
@@ -264,10 +271,12 @@ class ClaimFinder:
         by_id = {claim_id(v): v for v in versions if v.version_id}
         for oid, claim in self._batch_get(list(by_id)).items():
             found[by_id[oid]] = [claim]
-        unversioned = [v for v in versions if not v.version_id]
-        if unversioned:
+        # Unversioned objects, and versioned ones whose event named no versionId (then the
+        # function keyed the claim by eTag and sequencer): by (bucket, key, eTag).
+        rest = [v for v in versions if v not in found and (self._scan or not v.version_id)]
+        if rest:
             index = self._scan_index()
-            for version in unversioned:
+            for version in rest:
                 found[version] = index.get((version.bucket, version.key, version.etag), [])
         return found
 
@@ -416,8 +425,9 @@ class ArchiveIndex:
         held = self._load(archive_key)
         if held is None:
             return False
-        if version.version_id:
-            return (version.bucket, version.key, f"v:{version.version_id}") in held
+        if version.version_id and (version.bucket, version.key, f"v:{version.version_id}") in held:
+            return True
+        # A manifest entry without a version id names the object by its eTag.
         return (version.bucket, version.key, f"e:{version.etag}") in held
 
     def describe(self) -> str:

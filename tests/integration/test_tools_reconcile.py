@@ -204,3 +204,17 @@ def test_a_tampered_archive_in_minio_fails_verify(landing: Landing, capsys: pyte
     assert all(line.startswith(f"s3://{bucket}/{tampered}: ") for line in err.splitlines())
     assert "sha256_checksum metadata says" in err
     assert tool(capsys, "verify", f"s3://{bucket}/{land.prefix}/absent.tar.zst")[0] == 2
+
+
+def test_a_versioned_object_notified_without_its_version_id_is_found(landing: Landing,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """moto's S3 notifications carry no versionId: the claim is keyed by eTag and sequencer."""
+    land = landing
+    obj = upload(land.world.s3, land.bucket, "moto style.bin", b"no version id in the event")
+    assert obj.version_id
+    handle([Uploaded(obj.bucket, obj.key, obj.body, obj.etag, None, obj.sequencer)])
+    capsys.readouterr()
+    status, out, err = tool(capsys, "reconcile", "--bucket", land.bucket)
+    assert status == 0 and json.loads(out)["state"] == "archived" and "1 Scan" in err
+    status, out, _ = tool(capsys, "reconcile", "--bucket", land.bucket, "--no-scan")
+    assert status == 1 and json.loads(out)["state"] == "never_claimed"
