@@ -8,11 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-full lint bench bench-quick package deploy-local stack-up stack-down stack-status run-local invoke-local clean
 
-$(STAMP): requirements.txt requirements-dev.txt package.json
+# The last pip line installs the package itself (editable) for its console script, aggregator-tools.
+$(STAMP): requirements.txt requirements-dev.txt package.json pyproject.toml
 	@command -v zstd >/dev/null || (apt-get update -qq && apt-get install -y -qq zstd) || true
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 	npm install --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 

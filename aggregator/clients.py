@@ -35,7 +35,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore
@@ -217,3 +217,8 @@ class _RedactSecrets(logging.Filter):
 
 
 _redactor = _RedactSecrets()
+
+
+def sqs_client(session: boto3.session.Session) -> Any:
+    """The ingest queue's client, for the operator tools' backfill (``AWS_ENDPOINT_URL_SQS`` honoured)."""
+    return session.client("sqs", config=_aws_config(max_pool=2))

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import statistics
 import sys
@@ -56,6 +57,7 @@ class DemoOptions:
     state_dir: Path = stack.DEFAULT_STATE_DIR
     progress: bool = True
     keep: bool = False  # leave the stack running afterwards
+    unnotified: int = 12  # objects uploaded with notifications off, then backfilled (0: skip that phase)
 
     @property
     def duplicate_count(self) -> int:
@@ -75,11 +77,13 @@ class DemoResult:
     queue_left: int = 0
     dlq_left: int = 0
     report: str = ""
+    operations: Operations | None = None  # the operator tools' phase (see the end of this module)
 
     @property
     def ok(self) -> bool:
         return (self.verification is not None and self.verification.ok and self.summary is not None
-                and not self.summary.errors and self.dlq_left == 0 and self.queue_left == 0)
+                and not self.summary.errors and self.dlq_left == 0 and self.queue_left == 0
+                and (self.operations is None or self.operations.ok))
 
 
 class _Tracker:
@@ -228,6 +232,11 @@ def _run(options: DemoOptions, state: stack.StackState, result: DemoResult, tqdm
             source_s3=s3, source_bucket=resources["landing_bucket"], expected=result.uploads,
             on_archive=lambda: verify_bar.update(1))
     timings["verify"] = time.monotonic() - clock
+    if options.unnotified:
+        clock = time.monotonic()
+        result.operations = run_operations(options, state, mapping=mapping, function=function,
+                                           concurrency=concurrency, say=say)
+        timings["operations"] = time.monotonic() - clock
 
 
 def _upload(s3: Any, bucket: str, specs: list[FileSpec], *, threads: int, progress: bool,
@@ -334,6 +343,8 @@ def format_report(options: DemoOptions, result: DemoResult) -> str:
     else:
         lines.append(f"  verification        FAILED: {len(verification.problems)} problems")
         lines += [f"    - {problem}" for problem in verification.problems[:20]]
+    if result.operations is not None:
+        lines += ["", *result.operations.report_lines()]
     return "\n".join(lines)
 
 
@@ -343,3 +354,142 @@ def _metric(metrics: Any, name: str) -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+
+
+# -- operator tools: a backfill of un-notified uploads, then a reconcile of everything ----------
+
+# Keys with the characters S3 encodes in notifications, so the backfill's encoding is shown working.
+_UNNOTIFIED_KEYS = ("unnotified/report {i:02d}.csv", "unnotified/ünïcode/δ {i:02d}+plus.json",
+                    "unnotified/deep/a/b/{i:02d}.log")
+_SHOWN_LINES = 8
+
+
+@dataclass
+class ToolRun:
+    """One operator command as the demo ran it, with its real output."""
+
+    argv: list[str]
+    status: int
+    expected: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == self.expected
+
+    def transcript(self) -> list[str]:
+        shown = ["$ aggregator-tools " + " ".join(_shell_word(a) for a in self.argv)]
+        for text in (self.stdout, self.stderr):
+            lines = text.splitlines()
+            if len(lines) <= _SHOWN_LINES:
+                shown += lines
+                continue
+            # The head, and the tail (where a command's summary is).
+            head, tail = _SHOWN_LINES // 2, _SHOWN_LINES // 2 - 1
+            shown += [*lines[:head], f"... ({len(lines) - head - tail} more lines)", *lines[-tail:]]
+        shown.append(f"(exit {self.status}" + ("" if self.ok else f", expected {self.expected}: UNEXPECTED") + ")")
+        return shown
+
+
+@dataclass
+class Operations:
+    unnotified: int = 0
+    runs: list[ToolRun] = field(default_factory=list)
+    backfill_runs: list[RunSummary] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(run.ok for run in self.runs)
+
+    def report_lines(self) -> list[str]:
+        lines = [f"Operator tools: {self.unnotified} objects uploaded with notifications off, found by reconcile, "
+                 f"backfilled twice, archived once; final reconcile " + ("OK" if self.ok else "FAILED")]
+        for attempt, summary in enumerate(self.backfill_runs, 1):
+            archived, skipped = summary.metrics.get("ObjectsArchived", 0), summary.metrics.get("DuplicatesSkipped", 0)
+            lines.append(f"  backfill {attempt} flowed  {summary.messages_acked} messages acknowledged in "
+                         f"{len(summary.records)} invocations: ObjectsArchived {_number(archived)}, "
+                         f"DuplicatesSkipped {_number(skipped)}, {summary.messages_failed} item failures")
+        lines += [f"  problem             {problem}" for problem in self.problems]
+        for run in self.runs:
+            lines += ["", *run.transcript()]
+        return lines
+
+
+def _shell_word(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
+
+
+def run_operations(options: DemoOptions, state: stack.StackState, *, mapping: MappingConfig,
+                   function: FunctionConfig, concurrency: int, say: Callable[[str], None]) -> Operations:
+    """Upload objects S3 does not notify, find them, backfill them, prove everything archived."""
+    import os
+    import subprocess
+
+    resources = state.resources
+    bucket, queue_url = resources["landing_bucket"], resources["queue_url"]
+    work = Path(options.state_dir) / "operations"
+    work.mkdir(parents=True, exist_ok=True)
+    ops = Operations()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "POWERTOOLS_"))}, **state.env}
+
+    def tool(*argv: str, expected: int) -> ToolRun:
+        done = subprocess.run([sys.executable, "-m", "aggregator.tools", *argv], env=env, cwd=options.task_root,
+                              capture_output=True, text=True, timeout=600)
+        run = ToolRun(list(argv), done.returncode, expected, done.stdout, done.stderr)
+        ops.runs.append(run)
+        say(f"aggregator-tools {argv[0]}: exit {run.status}")
+        return run
+
+    s3 = state.aws_client("s3")
+    saved = s3.get_bucket_notification_configuration(Bucket=bucket)
+    saved.pop("ResponseMetadata", None)
+    say(f"notifications off; uploading {options.unnotified} objects S3 will not announce")
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
+    try:
+        for i in range(options.unnotified):
+            key = _UNNOTIFIED_KEYS[i % len(_UNNOTIFIED_KEYS)].format(i=i)
+            s3.put_object(Bucket=bucket, Key=key, Body=f"un-notified object {i}\n".encode() * (i + 1))
+    finally:
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=saved)
+    ops.unnotified = options.unnotified
+
+    before, after = work / "before.jsonl", work / "after.jsonl"
+    tool("reconcile", "--bucket", bucket, "--prefix", "unnotified/", "--report", str(before), expected=1)
+    tool("backfill", "--report", str(before), "--queue-url", queue_url, expected=0)
+    sqs = state.aws_client("sqs", max_pool=concurrency + 4)
+    # Twice on purpose, each run left to flow through the function: the second must archive
+    # nothing. (Both at once would put the same objects into concurrent invocations, which
+    # split the work and leave the losers' messages to their visibility timeout.)
+    for attempt in (1, 2):
+        tool("backfill", "--report", str(before), "--queue-url", queue_url, "--apply", "--rate", "50", expected=0)
+        runner = EventSourceRunner(sqs, mapping, function, concurrency=concurrency,
+                                   stop=StopPolicy(idle_s=options.idle_s, max_s=options.max_s),
+                                   log_path=work / f"function-{attempt}.log")
+        with runner:
+            runner.start()
+            summary = runner.wait()
+        ops.backfill_runs.append(summary)
+        say(f"backfill {attempt}: {summary.messages_acked} messages acknowledged, "
+            f"ObjectsArchived {_number(summary.metrics.get('ObjectsArchived', 0))}, "
+            f"DuplicatesSkipped {_number(summary.metrics.get('DuplicatesSkipped', 0))}")
+
+    archived_per_run = [run.metrics.get("ObjectsArchived", 0) for run in ops.backfill_runs]
+    if archived_per_run != [options.unnotified, 0]:
+        ops.problems.append(f"backfill runs archived {archived_per_run} objects, expected "
+                            f"[{options.unnotified}, 0]")
+    final = tool("reconcile", "--bucket", bucket, "--report", str(after), expected=0)
+    lines = [json.loads(line) for line in after.read_text().splitlines()] if after.exists() else []
+    backfilled = [line for line in lines if line["key"].startswith("unnotified/")]
+    if len(backfilled) != options.unnotified or any(line["state"] != "archived" for line in backfilled):
+        ops.problems.append(f"the final reconcile lists {len(backfilled)} un-notified objects, "
+                            f"not all archived: {final.stderr.splitlines()[:3]}")
+    archives = sorted({line["archive"] for line in backfilled if line["archive"]})
+    archive_bucket = resources["archive_bucket"]
+    if archives:
+        tool("verify", *(f"s3://{archive_bucket}/{key}" for key in archives), expected=0)
+        tool("extract", f"s3://{archive_bucket}/{archives[0]}", str(work / "extracted"), expected=0)
+    return ops

@@ -34,6 +34,15 @@ class TarEntry:
         self._unread = 0
         return data
 
+    def chunks(self, size: int = _SKIP_BYTES) -> Iterator[bytes]:
+        """The entry's data in pieces of at most ``size`` bytes (a large member never sits
+        in memory whole); only while the iteration is at this entry."""
+        while self._unread > 0:
+            step = min(self._unread, size)
+            data = _read_exact(self._stream, step, what=f"data of {self.name!r}")
+            self._unread -= step
+            yield data
+
 
 def iter_entries(stream: BinaryIO) -> Iterator[TarEntry]:
     """Yield each entry in order; data not read by the caller is skipped."""

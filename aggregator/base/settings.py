@@ -201,3 +201,39 @@ def _parse(raw: str, kind: Callable[[str], T]) -> T | None:
         return kind(raw)
     except ValueError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSettings:
+    """What the operator commands (:mod:`aggregator.tools`) read from the function's environment.
+
+    Unlike :class:`Settings` nothing is required up front: ``verify`` of a local file needs
+    no variable at all. A command that needs the table or the secret asks for it with
+    :meth:`require`, which names the missing variable.
+    """
+
+    idempotency_table_name: str | None = None
+    minio_secret_id: str | None = None
+    archive_prefix: str = "archives"
+    aws_region: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ToolSettings:
+        env = os.environ if env is None else env
+        if _bool(env, "USE_MOTO"):
+            if _choice(env, "ENVIRONMENT", ENVIRONMENTS, "dev") == "prod":
+                raise ConfigError("USE_MOTO is a test-only switch and is refused with ENVIRONMENT=prod")
+            _check_moto_endpoints(env)
+        return cls(
+            idempotency_table_name=env.get("IDEMPOTENCY_TABLE_NAME", "").strip() or None,
+            minio_secret_id=env.get("MINIO_SECRET_ID", "").strip() or None,
+            archive_prefix=env.get("ARCHIVE_PREFIX", "archives").strip("/"),
+            aws_region=(env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip() or None,
+        )
+
+    def require(self, name: str) -> str:
+        """The value of the environment variable ``name`` (upper case), or :class:`ConfigError`."""
+        value: str | None = getattr(self, name.lower())
+        if not value:
+            raise ConfigError(f"{name} is required for this command and must not be empty")
+        return value
