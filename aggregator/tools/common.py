@@ -17,7 +17,7 @@ from aggregator.base.settings import ToolSettings
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client
 
-    from aggregator.credentials import MinioSecret
+    from aggregator.delivery.secret import MinioSecret
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -71,7 +71,7 @@ class Environment:
     def minio_secret(self) -> MinioSecret:
         if "secret" not in self._minio:
             from aggregator import clients
-            from aggregator.credentials import MinioSecretProvider
+            from aggregator.delivery.secret import MinioSecretProvider
 
             secret_id = self.settings.require("MINIO_SECRET_ID")
             provider = MinioSecretProvider(clients.secretsmanager_client(self.session()), secret_id)
