@@ -209,10 +209,10 @@ def _quantity(value: float) -> str:
 # -- the run -----------------------------------------------------------------------------------
 
 def _aws(service: str, url: str, **config: Any) -> Any:
-    return boto3.session.Session().client(service, endpoint_url=url,  # type: ignore[call-overload] region_name=harness.REGION,
-                                          aws_access_key_id="testing", aws_secret_access_key="testing",
-                                          config=Config(retries={"mode": "standard", "total_max_attempts": 3},
-                                                        **config))
+    session: Any = boto3.session.Session()
+    return session.client(service, endpoint_url=url, region_name=harness.REGION, aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(retries={"mode": "standard", "total_max_attempts": 3}, **config))
 
 
 @contextmanager
