@@ -88,7 +88,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("performance gate")
     for name, row in gate.items():
         verdict = "PASS" if row["passed"] else "FAIL"
-        sense = ">=" if row["unit"] == "x" else "<="
+        sense = row.get("sense") or (">=" if row["unit"] == "x" else "<=")
         terminalreporter.line(f"{verdict}  {name}: {row['measured']:g} {row['unit']} "
                               f"(target {sense} {row['target']:g} {row['unit']})  {row['detail']}")
 
@@ -99,6 +99,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if path and STORE.get("gate"):
         document = {"mode": "quick" if harness.QUICK else "full", "machine": harness.machine(),
                     "datetime": datetime.now(UTC).isoformat(timespec="seconds"), "targets": STORE["gate"]}
+        if STORE.get("cost"):
+            document["cost"] = STORE["cost"]  # benchmarks.cost: the bill, line by line
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(document, indent=2) + "\n")
 
