@@ -319,7 +319,24 @@ def measure(*, s3: harness.S3Server, moto_url: str, refs: Sequence[ObjectRef], w
         report.cold, report.runs["project"] = _project(proxy, s3, moto_url, refs, warmup, memory_mb=memory_mb,
                                                        log_dir=log_dir or Path(scratch))
         report.runs["seed"] = _seed(proxy, s3, moto_url, refs)
+    _check(report)
     return report
+
+
+_ARCHIVE_WRITES = ("minio PutObject", "minio CompleteMultipartUpload")
+
+
+def _check(report: CostReport) -> None:
+    """Refuse a bill that cannot be right: units not worked out, or archives where none belong."""
+    for design, phases in report.runs.items():
+        for phase, run in phases.items():
+            unparsed = sum(int(row.get("unparsed", 0)) for row in run.calls.values())
+            if unparsed:
+                raise AssertionError(f"{design} {phase}: {unparsed} DynamoDB requests not understood: {run.calls}")
+            archives = sum(int(run.calls.get(key, {}).get("requests", 0)) for key in _ARCHIVE_WRITES)
+            if (archives == 0) == (phase == "new"):
+                raise AssertionError(f"{design} {phase}: {archives} archive writes to MinIO; expected "
+                                     f"{'some' if phase == 'new' else 'none'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import http.client
 import json
 import socket
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,6 +50,7 @@ class Count:
     errors: int = 0
     request_bytes: int = 0
     response_bytes: int = 0
+    unparsed: int = 0  # DynamoDB requests whose units could not be worked out (cost.measure refuses them)
 
 
 class Counter:
@@ -64,7 +67,8 @@ class Counter:
         with self._lock:
             return {key: asdict(count) for key, count in sorted(self._counts.items())}
 
-    def record(self, kind: str, request: Request, body: bytes, status: int, payload: bytes, head_bytes: int) -> None:
+    def record(self, kind: str, request: Request, body: bytes, status: int, payload: bytes, head_bytes: int, *,
+               response_headers: list[tuple[str, str]] | None = None) -> None:
         if kind == "json":
             target = request.header("X-Amz-Target") or ""
             prefix, _, operation = target.partition(".")
@@ -74,12 +78,20 @@ class Counter:
             bucket = request.path.lstrip("/").split("/", 1)[0]
             service = "minio" if bucket in self.minio_buckets else "s3"
         units = None
+        unparsed = False
         if service == "dynamodb":
             try:
-                answer = json.loads(payload or b"{}")
-                units = dynamodb_units(operation, json.loads(body or b"{}"), status=status, response=answer)
-            except (ValueError, TypeError, KeyError):
-                units = None
+                sent = json.loads(_decoded(body, request.headers) or b"{}")
+            except ValueError:
+                sent, unparsed = {}, True
+            try:
+                answer = json.loads(_decoded(payload, response_headers or []) or b"{}")
+            except ValueError:
+                answer = {}  # the request alone still prices a write; a read's answer sizes it
+            try:
+                units = dynamodb_units(operation, sent, status=status, response=answer)
+            except (TypeError, KeyError, ValueError, AttributeError):
+                unparsed = True
         with self._lock:
             count = self._counts.setdefault(f"{service} {operation}", Count())
             count.requests += 1
@@ -87,11 +99,23 @@ class Counter:
             count.response_bytes += len(payload)
             if status >= 400:
                 count.errors += 1
+            if unparsed:
+                count.unparsed += 1
             if units is not None:
                 count.wru += units.wru
                 count.rru += units.rru
                 count.items += units.items
                 count.failed_conditions += units.failed_conditions
+
+
+def _decoded(data: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
+    """A body as JSON text, whatever content coding the client or server chose."""
+    coding = next((v.strip().lower() for k, v in headers if k.lower() == "content-encoding"), "")
+    if coding == "gzip" or data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if coding == "deflate":
+        return zlib.decompress(data)
+    return data
 
 
 def _head_bytes(request: Request) -> int:
@@ -162,7 +186,8 @@ class CountingProxy:
                     upstream = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
                                                           timeout=120)
                 status, headers, payload = _forward(upstream, request, body)
-                self.counter.record(kind, request, body, status, payload, _head_bytes(request))
+                self.counter.record(kind, request, body, status, payload, _head_bytes(request),
+                                    response_headers=headers)
                 _send_response(conn, request, status, headers, payload)
                 if (request.header("Connection") or "").lower() == "close":
                     return
