@@ -23,7 +23,8 @@ Rules (each from the service's pricing or developer guide):
   mapping consumes a queue: one SendMessage per event (S3's notification), one
   ReceiveMessage per 10 messages, one DeleteMessageBatch per 10.
 * Lambda: one request per invocation; duration rounded up to the next 1 ms, times the
-  configured memory in GB (1 GB = 1,024 MB).
+  configured memory in GB (1 GB = 1,024 MB). The duration billed here is the function's
+  own CPU time (see :mod:`benchmarks.cost` for why not the local wall time).
 * CloudWatch Logs: bytes the function writes to stdout/stderr, per GB; data out to MinIO:
   request bytes (heads and bodies) sent to it, per GB. A GB is 10^9 bytes here, the
   reading of the two that gives the larger bill.
@@ -47,6 +48,7 @@ SQS_BATCH = 10
 GB = 10**9
 MB_PER_GB = 1024
 PRICES_PATH = Path(__file__).with_name("prices.json")
+LAMBDA_DURATION = "Lambda duration (GB-s, own CPU)"
 
 
 # -- DynamoDB -----------------------------------------------------------------------------
@@ -296,6 +298,7 @@ class Usage:
     lambda_requests: int = 0
     lambda_gb_s: float = 0.0
     lambda_billed_ms: int = 0
+    lambda_wall_ms: int = 0  # for information: the invocation's wall time against the local servers
     secrets_calls: int = 0
     log_bytes: int = 0
     egress_bytes: int = 0
@@ -312,7 +315,7 @@ class Usage:
             "S3 PUT/COPY/POST/LIST requests": (self.s3_put * per, self.s3_put * per * p["s3_put_request"]),
             "SQS requests (64 KB chunks)": (self.sqs_requests * per, self.sqs_requests * per * p["sqs_request"]),
             "Lambda requests": (self.lambda_requests * per, self.lambda_requests * per * p["lambda_request"]),
-            "Lambda duration (GB-s)": (self.lambda_gb_s * per, self.lambda_gb_s * per * p["lambda_gb_second_arm64"]),
+            LAMBDA_DURATION: (self.lambda_gb_s * per, self.lambda_gb_s * per * p["lambda_gb_second_arm64"]),
             "Secrets Manager calls": (self.secrets_calls * per,
                                       self.secrets_calls * per * p["secretsmanager_api_call"]),
             "CloudWatch Logs (bytes)": (self.log_bytes * per, self.log_bytes * per / GB
@@ -328,7 +331,8 @@ class Usage:
     def to_json(self, prices: Prices) -> dict[str, Any]:
         return {"objects": self.objects, "wru": self.wru, "rru": self.rru, "s3_get": self.s3_get,
                 "s3_put": self.s3_put, "sqs_requests": self.sqs_requests, "lambda_requests": self.lambda_requests,
-                "lambda_billed_ms": self.lambda_billed_ms, "lambda_gb_s": round(self.lambda_gb_s, 6),
+                "lambda_billed_ms": self.lambda_billed_ms,
+                "lambda_wall_ms": self.lambda_wall_ms, "lambda_gb_s": round(self.lambda_gb_s, 6),
                 "secrets_calls": self.secrets_calls, "log_bytes": self.log_bytes, "egress_bytes": self.egress_bytes,
                 "calls": dict(sorted(self.calls.items())),
                 "lines": {name: {"per_object": round(q, 6), "usd_per_million": round(usd, 6)}

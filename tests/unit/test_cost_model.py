@@ -7,6 +7,7 @@ import math
 import pytest
 
 from benchmarks.cost_model import (
+    LAMBDA_DURATION,
     Prices,
     Usage,
     billed_ms,
@@ -164,7 +165,7 @@ def test_bill_per_million_objects() -> None:
     assert math.isclose(lines["DynamoDB reads (RRU)"][1], 0.125)
     assert math.isclose(lines["S3 GET/HEAD requests"][1], 0.40)
     # 1 ms at 1,769 MB per object: ~$0.023 per million objects (issue 15's arithmetic).
-    assert math.isclose(lines["Lambda duration (GB-s)"][1], 0.0230, rel_tol=0.01)
+    assert math.isclose(lines[LAMBDA_DURATION][1], 0.0230, rel_tol=0.01)
     # A GB of logs per thousand objects: $0.50 per thousand, $500 per million.
     assert math.isclose(lines["CloudWatch Logs (bytes)"][1], 500.0)
     assert math.isclose(usage.usd_per_million(prices), sum(usd for _, usd in lines.values()))
