@@ -225,9 +225,9 @@ def chart(document: dict[str, Any], path: Path, cost_document: dict[str, Any] | 
     cost_lines = _cost_lines(cost_document) if cost_document else []
     figure = plt.figure(figsize=(13, 0.32 * rows + 2.6 + (0.4 * len(memory) + 1.2 if memory else 0)
                                  + (0.3 * len(cost_lines) + 1.6 if cost_lines else 0)))
-    heights = [rows, max(1, len(memory)) * 1.2] if memory else [rows]
+    heights: list[float] = [rows, max(1, len(memory)) * 1.2] if memory else [rows]
     if cost_lines:
-        heights.append(max(2, len(cost_lines)) * 1.0)
+        heights.append(max(2, len(cost_lines)))
     grid = figure.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=[1.2, 1])
     names = [label(b) for b in small]
     groups = [b.get("group") or "" for b in small]
