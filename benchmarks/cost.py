@@ -175,6 +175,8 @@ class CostReport:
             "measured_at": self.measured_at, "objects": self.objects, "memory_mb": self.memory_mb,
             "prices": {"region": self.prices.region, "date": self.prices.date, "usd": self.prices.usd},
             "sqs_model": self.sqs, "secrets_per_invocation": self.secrets_per_invocation(),
+            "project_cold_invocation": {key: row["requests"]
+                                        for key, row in (self.cold.calls if self.cold else {}).items()},
             "ratio": round(self.ratio, 4),
             "designs": {design: {phase: {**self.usage(design, phase).to_json(self.prices),
                                          "duration_s": round(run.duration_s, 4), "cpu_s": round(run.cpu_s, 4),
