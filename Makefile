@@ -49,7 +49,7 @@ BENCH = $(PY) -m pytest benchmarks -p no:cacheprovider -q --durations=10
 
 bench: setup
 	BENCH_GATE_JSON=benchmarks/results/gate-full.json $(BENCH) --benchmark-json=benchmarks/results/full.json; \
-	status=$$?; $(PY) -m benchmarks.render benchmarks/results/full.json --gate benchmarks/results/gate-full.json; \
+	status=$$?; $(PY) -m benchmarks.render benchmarks/results/full.json --gate benchmarks/results/gate-full.json --readme README.md; \
 	exit $$status
 
 bench-quick: setup

@@ -99,6 +99,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if path and STORE.get("gate"):
         document = {"mode": "quick" if harness.QUICK else "full", "machine": harness.machine(),
                     "datetime": datetime.now(UTC).isoformat(timespec="seconds"), "targets": STORE["gate"]}
+        if STORE.get("cost"):
+            document["cost"] = STORE["cost"]  # benchmarks.cost: the bill, line by line
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(document, indent=2) + "\n")
 

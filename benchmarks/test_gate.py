@@ -21,6 +21,10 @@ Targets (issues 4, 5 and 8):
 * cold start (issue 13): importing the handler from the unzipped twin of the deploy
   artifact plus the first invocation's set-up <= 1.2x ``import boto3,
   aws_lambda_powertools`` in the same run (benchmarks/test_cold_start.py).
+* (issue 15) the bill per million objects <= the seed design's, both counted on the wire
+  in the same run (:mod:`benchmarks.cost`), and DynamoDB write request units per new
+  object and per duplicate <= the seed's (one conditional PutItem: 1 and 1). These are
+  counts, not timings: they do not depend on the machine or its neighbours.
 
 Estimators: the two runs of a ratio are measured in turns (A B A B ...) and the ratio is
 best turn over best turn; CPU per object is the least disturbed turn. Interference from
@@ -44,7 +48,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import harness
+from benchmarks import cost, harness
 from benchmarks.cheap_s3 import CheapS3
 from benchmarks.conftest import Corpus, LargeCorpus
 from benchmarks.reference_seed import archive_like_the_seed
@@ -105,9 +109,9 @@ class Yardstick:
 
 def record(store: dict[str, Any], name: str, *, measured: float, target: float, unit: str, passed: bool,
            detail: str = "", sense: str | None = None) -> None:
-    """``sense``: ">=" or "<="; by default ratios ("x") are floors and everything else ceilings."""
+    """``sense``: ">=" or "<="; by default ">=" for ratios (unit x) and "<=" for the rest."""
     row = {"measured": round(measured, 4), "target": target, "unit": unit, "passed": passed, "detail": detail}
-    if sense:
+    if sense is not None:
         row["sense"] = sense
     store.setdefault("gate", {})[name] = row
 
@@ -256,3 +260,45 @@ def test_cold_start_within_target(store: dict[str, Any]) -> None:
     record(store, "cold start / boto3+powertools import", measured=ratio, target=COLD_START_RATIO, unit="x",
            passed=ratio <= COLD_START_RATIO, detail=detail, sense="<=")
     assert ratio <= COLD_START_RATIO, f"cold start is {ratio:.2f}x; target {COLD_START_RATIO}x. {detail}"
+
+
+# -- issue 15: the bill ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cost_report(s3: harness.S3Server, moto: Any, small_2000: Corpus, store: dict[str, Any]) -> cost.CostReport:
+    """Both designs on the same COST_OBJECTS objects, every request counted (~15 s)."""
+    refs = small_2000.refs[:cost.COST_OBJECTS]
+    warmup = small_2000.refs[-cost.WARMUP_OBJECTS:]
+    report = cost.measure(s3=s3, moto_url=moto.endpoint_url, refs=refs, warmup=warmup)
+    store["cost"] = report.to_json()
+    return report
+
+
+def _cost_detail(report: cost.CostReport) -> str:
+    project, seed = report.usage("project", "new"), report.usage("seed", "new")
+    (pw, pr), (sw, sr) = report.units("project", "new"), report.units("seed", "new")
+    return (f"project ${project.usd_per_million(report.prices):.3f}, seed ${seed.usd_per_million(report.prices):.3f} "
+            f"per million objects ({report.prices.region} prices of {report.prices.date}); DynamoDB per new object: "
+            f"project {pw:.2f} WRU + {pr:.2f} RRU, seed {sw:.2f} WRU + {sr:.2f} RRU; {report.objects} objects")
+
+
+def test_cost_per_million_objects_vs_seed(cost_report: cost.CostReport, store: dict[str, Any]) -> None:
+    ratio = cost_report.ratio
+    record(store, "cost per million objects / seed", measured=ratio, target=1.0, unit="x", passed=ratio <= 1.0,
+           detail=_cost_detail(cost_report), sense="<=")
+    assert ratio <= 1.0, f"the project's bill is {ratio:.2f}x the seed design's; target <= 1.0x. " \
+                         f"{_cost_detail(cost_report)}"
+
+
+def test_write_units_per_new_object(cost_report: cost.CostReport, store: dict[str, Any]) -> None:
+    (wru, rru), (seed_wru, _) = cost_report.units("project", "new"), cost_report.units("seed", "new")
+    record(store, "DynamoDB WRU per new object", measured=wru, target=seed_wru, unit="WRU", passed=wru <= seed_wru,
+           detail=f"and {rru:.2f} RRU; the seed design {seed_wru:.2f} WRU (one conditional PutItem)")
+    assert wru <= seed_wru, f"{wru:.2f} WRU per new object; the seed design writes {seed_wru:.2f}"
+
+
+def test_write_units_per_duplicate(cost_report: cost.CostReport, store: dict[str, Any]) -> None:
+    (wru, rru), (seed_wru, _) = cost_report.units("project", "duplicate"), cost_report.units("seed", "duplicate")
+    record(store, "DynamoDB WRU per duplicate", measured=wru, target=seed_wru, unit="WRU", passed=wru <= seed_wru,
+           detail=f"and {rru:.2f} RRU; the seed design {seed_wru:.2f} WRU (its conditional PutItem fails, billed)")
+    assert wru <= seed_wru, f"{wru:.2f} WRU per duplicate; the seed design writes {seed_wru:.2f}"
