@@ -524,14 +524,11 @@ class CountingClaims:
     def claim(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed(self._store.claim, *args, **kwargs)
 
-    def commit(self, *args: Any, **kwargs: Any) -> Any:
-        return self._timed(self._store.commit, *args, **kwargs)
+    def take_over(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(self._store.take_over, *args, **kwargs)
 
     def release(self, *args: Any, **kwargs: Any) -> Any:
         return self._timed(self._store.release, *args, **kwargs)
-
-    def still_ours(self, *args: Any, **kwargs: Any) -> Any:
-        return self._timed(self._store.still_ours, *args, **kwargs)
 
 
 @dataclass(frozen=True)
