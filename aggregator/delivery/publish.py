@@ -461,10 +461,16 @@ class MinioTarget:
                                    sha256_hex=sha256_hex, manifest=manifest, part_bytes=part_bytes,
                                    deadline=deadline)
 
-        secret, client = self._current()
+        try:
+            secret, client = self._current()
+        except AggregatorError as e:  # no secret, no client: nothing was sent
+            return Publication(PublishOutcome.NOT_PUBLISHED, f"the MinIO secret: {e}")
         publication = attempt(secret, client)
         if publication.outcome is PublishOutcome.NOT_PUBLISHED and publication.auth_refused:
-            fresh, client = self._current(refresh=True)
+            try:
+                fresh, client = self._current(refresh=True)
+            except AggregatorError:
+                return publication
             if fresh != secret:
                 logger.info("MinIO refused the credentials; publishing once more with the rotated secret")
                 publication = attempt(fresh, client)
