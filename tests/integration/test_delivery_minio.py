@@ -34,7 +34,7 @@ from minio import Minio
 
 from aggregator import clients
 from aggregator.base.errors import DeliveryError
-from aggregator.delivery.publish import METADATA_KEY, DeliveryAuthError, MinioTarget
+from aggregator.delivery.publish import METADATA_KEY, DeliveryAuthError, MinioTarget, Publication, PublishOutcome
 from aggregator.delivery.secret import MinioSecret, MinioSecretProvider
 from tests.conftest import S3Target
 from tests.support.servers import MotoServer, SeaweedS3, free_port
@@ -158,8 +158,14 @@ def archive_bytes(size: int) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def publish(target: MinioTarget, data: bytes, sha: str, *, key: str = KEY, source: Any = None) -> None:
-    target.publish(key=key, source=source or io.BytesIO(data), size=len(data), sha256_hex=sha, part_bytes=PART)
+def publish(target: MinioTarget, data: bytes, sha: str, *, key: str = KEY, source: Any = None) -> Publication:
+    """Publish, raising the outcome's reason unless published (the old tests' shape)."""
+    publication = target.publish(key=key, source=source or io.BytesIO(data), size=len(data), sha256_hex=sha,
+                                 manifest=b'{"objects": []}', part_bytes=PART)
+    if publication.outcome is not PublishOutcome.PUBLISHED:
+        error = DeliveryAuthError if publication.auth_refused else DeliveryError
+        raise error(f"{publication.outcome.value}: {publication.reason}")
+    return publication
 
 
 def assert_archive(endpoint: Endpoint, bucket: str, key: str, data: bytes, sha: str) -> None:

@@ -63,9 +63,9 @@ def landing(request: pytest.FixtureRequest, moto_server: MotoServer, minio_targe
         monkeypatch.setenv(name, value)
     sqs = boto3.client("sqs", endpoint_url=moto_server.endpoint_url, region_name=REGION)
     queue_url = sqs.create_queue(QueueName=f"ingest-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    lambda_app.reset_for_tests()
+    lambda_app.warm_dependencies.cache_clear()
     yield Landing(world, bucket, table, prefix, queue_url, sqs)
-    lambda_app.reset_for_tests()
+    lambda_app.warm_dependencies.cache_clear()
 
 
 def handle(objects: list[Uploaded]) -> None:
