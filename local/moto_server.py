@@ -1,4 +1,11 @@
-"""``moto_server`` with one fix: a TransactWriteItems backs up each table once, not once per item.
+"""``moto_server`` with two fixes for DynamoDB: atomic conditional writes, and a
+TransactWriteItems that backs up each table once, not once per item.
+
+DynamoDB applies each write, its condition included, atomically. moto serves requests on
+several threads and checks a condition and then writes, with nothing in between held: two
+concurrent ``PutItem ... attribute_not_exists`` on one key could both succeed, and two
+invocations would both believe they hold the claim. Every item write here takes one lock,
+which is what DynamoDB guarantees per item (and more).
 
 moto (5.x) deep-copies the whole table for every item of a transaction, to roll back on
 failure: a 100-item claim call against a 20,000-item claims table makes 100 copies of the
@@ -47,8 +54,20 @@ def _transact_once(self: models.DynamoDBBackend, transact_items: list[dict[str, 
         _backups.tables = None
 
 
+_writes = threading.Lock()
+
+
+def _atomic(write: Any) -> Any:
+    def locked(self: models.DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        with _writes:
+            return write(self, *args, **kwargs)
+    return locked
+
+
 models.copy = _CopyOncePerTransaction()  # type: ignore[assignment]
-models.DynamoDBBackend.transact_write_items = _transact_once  # type: ignore[method-assign]
+models.DynamoDBBackend.transact_write_items = _atomic(_transact_once)  # type: ignore[method-assign]
+for _name in ("put_item", "delete_item", "update_item"):
+    setattr(models.DynamoDBBackend, _name, _atomic(getattr(models.DynamoDBBackend, _name)))
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -89,7 +90,8 @@ def moto_style_notification(bucket: str, obj: Uploaded) -> str:
     """The body moto's S3 sends for this upload (no versionId, no sequencer): a true duplicate."""
     return json.dumps({"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "eu-west-2", "eventName": "ObjectCreated:Put",
-        "eventTime": "2025-01-01T00:00:00.000Z",
+        # Now: an event older than the claim TTL would be refused as stale, not deduplicated.
+        "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
         "s3": {"s3SchemaVersion": "1.0", "configurationId": "aggregator-ingest",
                "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
                "object": {"key": quote_plus(obj.key), "size": len(obj.body), "eTag": obj.etag}}}]})
