@@ -1,13 +1,15 @@
 """Aggregates small S3 objects into checksummed tar archives on MinIO, exactly once.
 
-Layers (each imports only from the ones above it):
+Floors (each imports only from the floors below it; import-linter checks it, see
+pyproject.toml and tests/unit/test_layers.py):
 
-    base/       leaves: errors, settings, event parsing, names      (no package imports)
-    archive/    codecs, hashing writer, PAX tar stream, manifest, spool (imports base)
-    fetch/      version-pinned S3 GETs over threads and processes    (imports base)
-    claims/     per-object claims: protocol and DynamoDB JSON client (imports base)
-    delivery/   publish to MinIO and its outcome, the MinIO secret    (imports base)
-    clients.py  the only place that builds boto3 clients
-    pipeline.py wires claim -> fetch -> archive -> upload -> commit
-    lambda_app.py  Powertools batch handling around the pipeline
+    tools/        operators' and consumers' commands: verify, extract, reconcile, backfill
+    lambda_app.py Powertools batch handling around the pipeline; builds the dependencies
+    pipeline/     one batch: claim -> recover -> fetch into one archive -> publish   | clients.py
+    archive/  claims/  delivery/  fetch/      the blocks, independent of each other
+    sdk/          botocore's endpoint rules, CRT HTTP (proxies, trust stores), credentials
+    base/         leaves: errors, settings, deadline, codecs, events, names, fetch results
+
+clients.py is the only module that builds boto3 clients. The contract operators and
+consumers rely on is docs/contract.md.
 """

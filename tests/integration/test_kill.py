@@ -192,6 +192,24 @@ def test_killed_before_publish_and_redelivered_before_the_lease_ends_waits(world
     assert batch.problems() == []
 
 
+def test_killed_mid_fetch_with_the_default_grace(world: World, tmp_path: Path) -> None:
+    """The other kill tests shorten LEASE_GRACE_SECONDS to 1 s; this one keeps the default
+    30 s: a redelivery between the deadline and the lease end waits, one after it settles."""
+    batch = new_batch(world, random.Random(10), objects=8, prefix="kill")
+    del batch.env["LEASE_GRACE_SECONDS"]
+    with Function(batch.env, log_dir=tmp_path, name="killed") as function:
+        killed = function.invoke(batch.event(), timeout_s=KILLED_TIMEOUT_S, plan=[kill_at("fetch.item", nth=3)])
+    assert killed.outcome == "killed"
+    with Function(batch.env, log_dir=tmp_path, name="in-grace") as function:
+        wait_past(killed.deadline)
+        in_grace = function.invoke(batch.event(again=True), timeout_s=REDELIVERY_TIMEOUT_S)
+    assert time.time() < lease_end(batch, killed.deadline)
+    assert sorted(in_grace.failed_ids) == sorted(m.message_id for m in batch.messages)
+    again = redeliver(batch, tmp_path, after=killed.deadline)
+    assert_all_acknowledged(again)
+    assert batch.problems() == []
+
+
 def test_killed_after_publish_when_the_event_has_no_version_id(world: World, tmp_path: Path) -> None:
     """A versioned bucket whose events carry no versionId (moto's own S3 notifications do
     this, so the local stack sees exactly these): the claim's identity is the eTag with the
