@@ -54,7 +54,7 @@ def _transact_once(self: models.DynamoDBBackend, transact_items: list[dict[str, 
         _backups.tables = None
 
 
-_writes = threading.Lock()
+_writes = threading.RLock()  # re-entered: a transaction writes its items through put_item
 
 
 def _atomic(write: Any) -> Any:
