@@ -41,12 +41,13 @@ from aggregator.archive import ArchiveWriter, open_decompressor
 from aggregator.archive.spool import ArchiveSpool
 from aggregator.archive.tarread import iter_entries
 from aggregator.base.codecs import CODECS
+from aggregator.base.deadline import Deadline
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import archive_key, new_archive_id, object_id
 from aggregator.base.objects import Fetched, Missing, Streamed
 from aggregator.base.settings import Settings
 from aggregator.claims.store import ClaimStore
-from aggregator.delivery.publish import publish_archive
+from aggregator.delivery.publish import PublishOutcome, publish_archive
 from aggregator.delivery.secret import MinioSecret
 from aggregator.fetch import SourceConfig, fetch_objects, source_config_from_client
 from aggregator.pipeline import archive_size_bound
@@ -452,8 +453,11 @@ def run_engine(refs: Sequence[ObjectRef], *, source: SourceConfig, minio: Any, b
                     else:
                         raise AssertionError(f"benchmark fetch failed: {item.ref.key}: {item.error}")
             summary = writer.finish()
-        publish_archive(minio, bucket=bucket, key=key, source=spool.rewind(), size=summary.size,
-                        sha256_hex=summary.sha256_hex, part_bytes=config.part_bytes)
+        publication = publish_archive(minio, bucket=bucket, key=key, source=spool.rewind(), size=summary.size,
+                                      sha256_hex=summary.sha256_hex, manifest=summary.manifest,
+                                      part_bytes=config.part_bytes)
+        if publication.outcome is not PublishOutcome.PUBLISHED:
+            raise AssertionError(f"benchmark archive not published: {publication.outcome.value} {publication.reason}")
     return EngineResult(key=key, archived=archived, input_bytes=input_bytes, stored_bytes=summary.size,
                         sha256_hex=summary.sha256_hex)
 
@@ -494,8 +498,9 @@ def run_plain_gets(client: Any, refs: Sequence[ObjectRef]) -> FetchOnlyResult:
 
 def s3_event_body(ref: ObjectRef) -> str:
     """One SQS body as S3 sends it: a notification with one ObjectCreated record."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")  # an old one would be refused as stale
     return json.dumps({"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION, "eventTime": "2025-03-04T05:06:07.000Z",
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION, "eventTime": now,
         "eventName": "ObjectCreated:Put",
         "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": ref.bucket, "arn": f"arn:aws:s3:::{ref.bucket}"},
                "object": {"key": quote_plus(ref.key), "size": ref.size, "eTag": ref.etag,
@@ -607,7 +612,8 @@ def run_handler(deps: Dependencies, refs: Sequence[ObjectRef]) -> HandlerResult:
     messages = [Message(f"m-{i}", s3_event_body(ref)) for i, ref in enumerate(refs)]
     claims: CountingClaims = deps.claims  # type: ignore[assignment]
     calls0, claims_cpu0 = claims.calls, claims.cpu
-    outcome = run_batch(messages, deps=deps, deadline=time.time() + 900, owner=new_owner("bench"))
+    deadline = Deadline.after(900, grace=deps.settings.lease_grace_seconds)
+    outcome = run_batch(messages, deps=deps, deadline=deadline, owner=new_owner("bench"))
     if outcome.failed_message_ids or outcome.archive_key is None:
         raise AssertionError(f"handler run failed {len(outcome.failed_message_ids)} messages: {dict(outcome.counts)}")
     objects = outcome.archive_objects
