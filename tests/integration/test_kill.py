@@ -294,7 +294,7 @@ def _random_kills(world: World, tmp_path: Path, say: Callable[[str], None], *, c
 
 
 def test_random_kill_points(world: World, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    _random_kills(world, tmp_path, terminal(request), count=20, workers=6)  # CI time; 200 in the long run
+    _random_kills(world, tmp_path, terminal(request), count=20, workers=6)  # CI time; 150 in the long run
 
 
 @pytest.mark.slow
