@@ -1,10 +1,10 @@
 """ClaimStore against a real moto_server process: the race and the takeover over HTTP.
 
-Each owner has its own client, store and thread, as separate invocations would. Unlike
-the unit tests nothing is serialised here: requests reach the server concurrently. moto
-itself gives no isolation between concurrent requests (see tests/unit/test_claims.py),
-so these tests check the claim logic over the real wire format rather than DynamoDB's
-atomicity; tables are small and fresh to keep moto's transactions fast.
+Each owner has its own client, store and thread, as separate invocations would, so
+requests reach the server concurrently. moto alone gives no isolation between them;
+``local/moto_server.py`` serialises DynamoDB writes, so a conditional write is atomic
+here as it is in DynamoDB, and these tests check the claim logic over the real wire
+format. Tables are small and fresh.
 """
 
 from __future__ import annotations
