@@ -79,6 +79,7 @@ def test_a_large_body_that_breaks_on_every_get_fails_only_its_message(world: Wor
                                                            (Fault("truncate", fraction=0.0), None)])
 
 
+@pytest.mark.slow  # waits for the deadline (~10 s); the unit test of the pipeline covers it in make test
 def test_a_large_body_the_deadline_cuts_fails_only_its_message(world: World, tmp_path: Path) -> None:
     # 64 KiB every 0.1 s: the 9 MiB body needs ~15 s; the fetch stops at 8 - 1.5 s. One GET
     # at a time, so all 99 small objects (fetched before the large one) are in before its
