@@ -39,6 +39,7 @@ from botocore.config import Config
 from aggregator import clients
 from aggregator.archive import ArchiveWriter, open_decompressor
 from aggregator.archive.spool import ArchiveSpool
+from aggregator.archive.staging import stage
 from aggregator.archive.tarread import iter_entries
 from aggregator.base.codecs import CODECS
 from aggregator.base.deadline import Deadline
@@ -444,8 +445,13 @@ def run_engine(refs: Sequence[ObjectRef], *, source: SourceConfig, minio: Any, b
                                queue_depth=config.queue_depth, cancel=cancel) as results:
                 for item in results:
                     pending.pop(ids[item.ref], None)
-                    if isinstance(item, Fetched | Streamed):
+                    if isinstance(item, Fetched):
                         writer.add(item)
+                    elif isinstance(item, Streamed):  # staged whole first, as the pipeline does
+                        with stage(item.chunks, size=item.head.size, directory=spool.directory,
+                                   free_space=spool.free_space) as body:
+                            writer.add_staged(item.ref, item.head, body)
+                    if isinstance(item, Fetched | Streamed):
                         archived += 1
                         input_bytes += item.head.size
                     elif isinstance(item, Missing):
