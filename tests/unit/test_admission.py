@@ -21,12 +21,15 @@ def ref(key: str, size: int) -> ObjectRef:
 LARGE = STREAM_THRESHOLD + 1
 
 
-def test_admission_counts_the_largest_staged_body_on_top_of_the_archive() -> None:
-    refs = [ref("a", LARGE), ref("b", 1000), ref("c", 2 * LARGE)]
-    # The archive of a and b plus a's staging copy fits; c would need 3 x LARGE more on top.
-    admission = admit(refs, capacity=2 * LARGE + 1000 + LARGE)
-    assert [r.key for r in admission.admitted] == ["a", "b"]
-    assert [r.key for r in admission.no_room] == ["c"] and admission.no_time == []
+def test_admission_counts_the_two_largest_staged_bodies_on_top_of_the_archive() -> None:
+    # One large body is received while the one before is archived: two staged files at once.
+    refs = [ref("a", LARGE), ref("b", 1000), ref("c", LARGE), ref("d", 3 * LARGE), ref("e", 1000)]
+    # a, b and c (2 x LARGE + 1000 in the archive) plus both staged copies: 4 x LARGE + 1000.
+    # d would need 5 x LARGE + 1000 + 3 x LARGE + LARGE; e, small, still fits after it.
+    admission = admit(refs, capacity=4 * LARGE + 2000)
+    assert [r.key for r in admission.admitted] == ["a", "b", "c", "e"]
+    assert [r.key for r in admission.no_room] == ["d"] and admission.no_time == []
+    assert [r.key for r in admit(refs[:3], capacity=4 * LARGE + 999).admitted] == ["a", "b"]
     # Small objects are never staged: only their own size counts.
     assert [r.key for r in admit([ref("s", 1000)], capacity=1000).admitted] == ["s"]
 

@@ -550,6 +550,27 @@ def test_a_large_body_received_whole_is_archived_with_its_hash(env: dict[str, An
     assert entry["size"] == 256 * 5000
 
 
+def test_large_bodies_in_a_row_one_breaking_the_others_archived(env: dict[str, Any]) -> None:
+    # Each large body is received while the one before is archived: the broken one in the
+    # middle must cost only itself, and the last one received must still be archived.
+    s3 = env["s3"]
+    bodies = {f"big-{i}.bin": bytes([i]) * (3000 + i) for i in range(4)}
+    refs = [s3.put("landing", key, body) for key, body in bodies.items()]
+    s3.streamed.update(bodies)
+    s3.broken_stream.add("big-2.bin")
+    small = s3.put("landing", "small.txt", b"small")
+    outcome = run(env, messages_for([*refs, small]))
+
+    assert outcome.failed_message_ids == ["m2"]
+    (data, _), = env["minio"].objects.values()
+    members, manifest = read_archive(data)
+    expected = {f"landing/{key}": body for key, body in bodies.items() if key != "big-2.bin"}
+    assert members == {**expected, "landing/small.txt": b"small"}
+    assert {o["key"]: o["sha256"] for o in manifest["objects"]} == {
+        key.removeprefix("landing/"): hashlib.sha256(body).hexdigest() for key, body in members.items()}
+    assert object_id(refs[2]) not in claims_of(env)
+
+
 def test_the_deadline_cutting_a_large_body_fails_only_its_message(env: dict[str, Any]) -> None:
     s3 = env["s3"]
     goods = [s3.put("landing", f"fine-{i}.txt", b"fine") for i in range(3)]
