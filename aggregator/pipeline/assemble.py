@@ -6,11 +6,10 @@ fetch when no item arrives (a GET that stalls) so that what did arrive is kept.
 One bad object fails only its own message: a large body (``Streamed``) is staged whole to a
 temporary file beside the spool before its member is started (:mod:`aggregator.archive.
 staging`), so a body that breaks on every GET, or that the deadline cuts, costs that object
-alone and the archive goes on without it. Small bodies arrive whole and go straight in.
-A helper thread receives each large body while this thread, the one writer, archives the
-one received before (:class:`Recorder`).
-Large refs are fetched after the small ones, so a slow large body does not hold up the
-many small objects behind it.
+alone and the archive goes on without it. Small bodies arrive whole and go straight in. A
+helper thread receives each large body while this thread, the one writer, archives the one
+received before (:class:`Recorder`). Large refs are fetched after the small ones, so a slow
+large body does not hold up the many small objects behind it.
 
 Admission (:func:`admit`) happens before any GET, from the events' sizes: disk (the archive
 plus the two largest staged bodies) and time (large bodies at a conservative speed, the upload).
@@ -42,10 +41,10 @@ if TYPE_CHECKING:
 # Assumed upload speed when budgeting time for the publish step (conservative).
 UPLOAD_BYTES_PER_SECOND = 20 << 20
 # Assumed speed of one large body (over the stream threshold) from S3 into its staging file,
-# when admitting refs. Large bodies are staged one after another (one writer), so their
-# times add up. One GET stream from S3 in the same region gives tens of MiB/s and /tmp
-# writes faster still; a quarter of that leaves room for a throttled or resumed GET and for
-# a source in another region, and a 15-minute invocation still admits about 6 GiB.
+# when admitting refs. Large bodies are received one at a time, so their times add up. One
+# GET stream from S3 in the same region gives tens of MiB/s and /tmp writes faster still; a
+# quarter of that leaves room for a throttled or resumed GET and for a source in another
+# region, and a 15-minute invocation still admits about 5 GiB (with the upload counted).
 LARGE_FETCH_BYTES_PER_SECOND = 8 << 20
 
 
