@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import random
@@ -44,13 +45,14 @@ from aggregator.base.codecs import CODECS
 from aggregator.base.deadline import Deadline
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import archive_key, new_archive_id, object_id
-from aggregator.base.objects import Fetched, Missing, Streamed
+from aggregator.base.objects import Fetched, Streamed
 from aggregator.base.settings import Settings
 from aggregator.claims.store import ClaimStore
 from aggregator.delivery.publish import PublishOutcome, publish_archive
 from aggregator.delivery.secret import MinioSecret
 from aggregator.fetch import SourceConfig, fetch_objects, source_config_from_client
 from aggregator.pipeline import archive_size_bound
+from aggregator.pipeline.assemble import Recorder, Tally
 from tests.support.tables import create_claims_table
 
 if TYPE_CHECKING:
@@ -390,6 +392,9 @@ def best_ratio(slow: Sequence[Sample], fast: Sequence[Sample]) -> float:
     return max(f.objects_per_s for f in fast) / max(s.objects_per_s for s in slow)
 
 
+_LOG = logging.getLogger("benchmarks.engine")
+
+
 # -- the engine, composed exactly as pipeline._archive_and_publish composes it ---------------
 
 @dataclass(frozen=True)
@@ -442,16 +447,20 @@ def run_engine(refs: Sequence[ObjectRef], *, source: SourceConfig, minio: Any, b
                            archive_id=archive_id, created_at=created_at) as writer:
             with fetch_objects(refs, source=source, workers=config.workers, processes=config.processes,
                                queue_depth=config.queue_depth, cancel=cancel) as results:
-                for item in results:
-                    pending.pop(ids[item.ref], None)
-                    if isinstance(item, Fetched | Streamed):
-                        writer.add(item)
-                        archived += 1
-                        input_bytes += item.head.size
-                    elif isinstance(item, Missing):
-                        raise AssertionError(f"benchmark object missing: {item.ref.key}")
-                    else:
-                        raise AssertionError(f"benchmark fetch failed: {item.ref.key}: {item.error}")
+                tally = Tally()  # large bodies are staged as the pipeline stages them
+                recorder = Recorder(writer, spool=spool, tally=tally, log=_LOG, cancel=cancel)
+                try:
+                    for item in results:
+                        pending.pop(ids[item.ref], None)
+                        recorder.record(item, oid=ids[item.ref])
+                        if isinstance(item, Fetched | Streamed):
+                            input_bytes += item.head.size
+                    recorder.finish()
+                finally:
+                    recorder.close()
+            if tally.missing or tally.failed:
+                raise AssertionError(f"benchmark objects missing {tally.missing} or failed {tally.failed}")
+            archived = len(tally.archived)
             summary = writer.finish()
         publication = publish_archive(minio, bucket=bucket, key=key, source=spool.rewind(), size=summary.size,
                                       sha256_hex=summary.sha256_hex, manifest=summary.manifest,

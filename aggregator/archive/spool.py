@@ -20,7 +20,7 @@ from typing import BinaryIO
 from aggregator.base.errors import RetryableError
 
 _CHECK_EVERY = 8 << 20  # statvfs is cheap, but not per 8 KiB write
-_HEADROOM = 16 << 20  # never take the last few MiB: other writers share /tmp
+HEADROOM = 16 << 20  # never take the last few MiB: other writers (and staged bodies) share /tmp
 
 
 class OutOfSpace(RetryableError):
@@ -54,7 +54,7 @@ class ArchiveSpool:
             if max_memory > 0 else tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115 - closed by close()
         )
         self._still_to_write = still_to_write
-        self._free_space = free_space
+        self.free_space = free_space  # the disk probe; large bodies staged beside the spool use it too
         self.size = 0
         self._next_check = max_memory
 
@@ -64,14 +64,14 @@ class ArchiveSpool:
 
     def capacity(self) -> int:
         """Bytes this spool can still take: memory, then the free disk less headroom."""
-        return max(0, self._max_memory - self.size) + max(0, self._free_space(self.directory) - _HEADROOM)
+        return max(0, self._max_memory - self.size) + max(0, self.free_space(self.directory) - HEADROOM)
 
     def ensure_room(self, incoming: int) -> None:
         """Fail now if ``incoming`` more bytes could not fit once spilled to disk."""
         if self.size + incoming <= self._max_memory:
             return
-        free = self._free_space(self.directory)
-        if free - incoming < _HEADROOM:
+        free = self.free_space(self.directory)
+        if free - incoming < HEADROOM:
             raise OutOfSpace(
                 f"{self.directory} has {free >> 20} MiB free; the archive needs up to "
                 f"{incoming >> 20} MiB more"

@@ -4,8 +4,10 @@
                   │ SHA-256 of each object       │ SHA-256 + size of the stored archive
 
 ``finish`` writes MANIFEST.json, then the tar trailer, then closes the codec frame, in that
-order, and returns the stored archive's checksum. A writer whose member was left half
-written (a streamed body that failed part-way) is broken: every later call raises
+order, and returns the stored archive's checksum. The pipeline stages a large body whole
+before it becomes a member (``add_staged``), so a GET that breaks costs only its object. A
+writer whose member was left half written (a streamed body given to ``add`` that failed
+part-way, a disk error) is broken: every later call raises
 :class:`WriterBroken`, and the caller must throw the sink's bytes away. Leaving the
 ``with`` block without ``finish`` abandons the archive; it never finishes one implicitly.
 
@@ -24,10 +26,12 @@ from aggregator.archive.codecs import Sink, open_compressor
 from aggregator.archive.errors import SizeMismatch, UnarchivableKey, WriterBroken, WriterClosed
 from aggregator.archive.hashing import HashingWriter
 from aggregator.archive.manifest import MANIFEST_NAME, ManifestEntry, manifest_bytes
+from aggregator.archive.staging import StagedBody
 from aggregator.archive.tarstream import BLOCK, RECORD, TarStream
 from aggregator.base.errors import FetchError
+from aggregator.base.events import ObjectRef
 from aggregator.base.names import MemberNames
-from aggregator.base.objects import Fetched, Streamed
+from aggregator.base.objects import Fetched, ObjectHead, Streamed
 
 
 def stored_size_bound(members: Iterable[tuple[int, int]]) -> int:
@@ -125,6 +129,31 @@ class ArchiveWriter:
             elif isinstance(e, UnicodeEncodeError):
                 raise UnarchivableKey(f"key {ref.key!r} in {ref.bucket} cannot be a tar member name: {e.reason}") from e
             raise
+        return self._entry(ref, head, member=member, sha256=sha256)
+
+    def add_staged(self, ref: ObjectRef, head: ObjectHead, body: StagedBody) -> ManifestEntry:
+        """Write a body received whole (:mod:`aggregator.archive.staging`) as the next member.
+
+        Its SHA-256 is the one taken while staging: the file is read once, not hashed again.
+        Raises before anything is written (the writer stays usable): :class:`FetchError`
+        when the staged size is not its head's size, :class:`UnarchivableKey`. A failure
+        while copying the file (the disk) breaks the writer, as for any member.
+        """
+        self._check_open()
+        if body.size != head.size:
+            raise FetchError(f"{ref.bucket}/{ref.key}: staged {body.size} bytes, its head says {head.size}")
+        member = self._names.assign(ref.bucket, ref.key)
+        try:
+            self._tar.add(member, size=head.size, mtime=int(head.last_modified.timestamp()), chunks=body.chunks())
+        except BaseException as e:
+            if self._tar.broken:
+                self._abandon("broken")
+            elif isinstance(e, UnicodeEncodeError):
+                raise UnarchivableKey(f"key {ref.key!r} in {ref.bucket} cannot be a tar member name: {e.reason}") from e
+            raise
+        return self._entry(ref, head, member=member, sha256=body.sha256)
+
+    def _entry(self, ref: ObjectRef, head: ObjectHead, *, member: str, sha256: str) -> ManifestEntry:
         entry = ManifestEntry(
             bucket=ref.bucket,
             key=ref.key,

@@ -21,12 +21,15 @@ from aggregator.base.objects import FetchResult
 from aggregator.fetch.source import SourceConfig, source_config_from_client
 from aggregator.fetch.stream import FetchCancelled
 
-__all__ = ["FetchCancelled", "SourceConfig", "fetch_objects", "source_config_from_client"]
+__all__ = ["STREAM_THRESHOLD", "FetchCancelled", "SourceConfig", "fetch_objects", "source_config_from_client"]
+
+# Objects larger than this arrive as ``Streamed`` (their bodies never wait whole in memory).
+STREAM_THRESHOLD = 8 << 20
 
 
 @contextmanager
 def fetch_objects(refs: Sequence[ObjectRef], *, source: SourceConfig, workers: int, processes: int,
-                  queue_depth: int, stream_threshold: int = 8 << 20, cancel: threading.Event | None = None
+                  queue_depth: int, stream_threshold: int = STREAM_THRESHOLD, cancel: threading.Event | None = None
                   ) -> Iterator[Iterator[FetchResult]]:
     """Yields an iterator of FetchResult (aggregator.base.objects), one per ref, in completion order.
 

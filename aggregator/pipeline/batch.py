@@ -198,20 +198,26 @@ class Batch:
         tally = Tally()
         with ArchiveSpool(max_memory=settings.spool_max_memory_bytes, expected_size=archive_size_bound(refs),
                           still_to_write=lambda: sum(pending.values())) as spool:
-            refs, too_big = admit(refs, capacity=spool.capacity())
-            if too_big:
-                # Only these messages wait for a smaller batch (or the DLQ); the rest go on.
-                self._log.warning("objects do not fit the spool now; retried later", extra={"objects": len(too_big)})
-                for ref in too_big:
-                    tally.failed.append(object_id(ref))
-                    pending.pop(object_id(ref))
+            stop_at = self._deadline.at - reserve
+            admission = admit(refs, capacity=spool.capacity(), seconds=stop_at - self._deps.clock())
+            refs = admission.admitted
+            # Only these messages wait for a smaller batch or more time (or the DLQ); the rest go on.
+            if admission.no_room:
+                self._log.warning("objects do not fit the spool now; retried later",
+                                  extra={"objects": len(admission.no_room)})
+            if admission.no_time:
+                self._log.warning("objects would not be fetched and uploaded in the time left; retried later",
+                                  extra={"objects": len(admission.no_time)})
+            for ref in admission.rejected:
+                tally.failed.append(object_id(ref))
+                pending.pop(object_id(ref))
             with ArchiveWriter(spool, codec=settings.compression, level=settings.compression_level,
                                threads=settings.zstd_threads, archive_id=self._archive_id,
                                created_at=self._created_at) as writer:
                 tally.failed += fetch_into(writer, refs, ids={self._refs[oid]: oid for oid in mine}, pending=pending,
                                            tally=tally, fetch=self._deps.fetch, source=self._deps.source(),
-                                           settings=settings, stop_at=self._deadline.at - reserve,
-                                           clock=self._deps.clock, log=self._log)
+                                           settings=settings, stop_at=stop_at, clock=self._deps.clock,
+                                           log=self._log, spool=spool)
                 summary = writer.finish() if tally.archived else None
             self._leave_out(tally)
             if summary is None:

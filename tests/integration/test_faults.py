@@ -265,8 +265,15 @@ def _streamed_cut(always: bool) -> Callable[[Live], None]:
         big = live.batch.objects[-1]
         live.s3.add(live.gets(big), Fault("truncate", fraction=0.3), times=1)
         if always:
+            live.faulty = [big]  # staged whole before its member: only its message fails
             live.s3.add(live.gets(big), Fault("truncate", fraction=0.0))
     return arrange
+
+
+def _streamed_slow(live: Live) -> None:
+    big = live.batch.objects[-1]
+    live.faulty = [big]
+    live.s3.add(live.gets(big), Fault("slow", chunk=64 * 1024, pause=0.1))  # ~15 s for 9 MiB
 
 
 def _missing(live: Live) -> None:
@@ -345,10 +352,13 @@ CELLS = [
     Cell("S3 source", "slow bodies (512 B every 20 ms)", "fetch",
          _proxy("s3", ANY, Fault("slow", chunk=512, pause=0.02)), "all", "all"),
     Cell("S3 source", "version gone (404) for one object", "fetch", _missing, "all", "all", ci=True),
-    Cell("S3 source", "9 MiB streamed body cut mid-way once", "fetch (streamed member)",
+    Cell("S3 source", "9 MiB streamed body cut mid-way once", "fetch (large body, staged)",
          _streamed_cut(always=False), "all", "all", objects=4, big=(9 * MiB,)),
-    Cell("S3 source", "9 MiB streamed body cut on every GET", "archive (member half written)",
-         _streamed_cut(always=True), "none", "all", objects=4, big=(9 * MiB,), ci=True),
+    Cell("S3 source", "9 MiB streamed body cut on every GET", "fetch (large body, staged)",
+         _streamed_cut(always=True), "faulty", "all", objects=4, big=(9 * MiB,), ci=True),
+    # One GET at a time: the small objects are all in before the large head arrives.
+    Cell("S3 source", "9 MiB streamed body slower than the deadline", "fetch (large body, staged)",
+         _streamed_slow, "faulty", "all", objects=4, big=(9 * MiB,), env=(("MAX_FETCH_WORKERS", "1"),)),
     Cell("S3 source", "unreachable (connection refused)", "fetch", _down("s3"), "none", "all"),
     # DynamoDB, the claims
     Cell("DynamoDB", "throttled (HTTP) on the first 2 claim calls", "claim",

@@ -34,6 +34,7 @@ from aggregator.base.objects import Failed, Fetched, FetchResult, Missing, Objec
 from aggregator.base.settings import Settings
 from aggregator.claims.store import ClaimStore
 from aggregator.delivery.publish import Publication, PublishOutcome
+from aggregator.fetch import FetchCancelled
 from aggregator.pipeline import BatchReport, Dependencies, Message, run_batch
 from tests.support.tables import create_claims_table, scan_claims
 
@@ -58,6 +59,8 @@ class FakeS3:
     bodies: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     failing: set[str] = field(default_factory=set)  # keys whose GET fails
     broken_stream: set[str] = field(default_factory=set)  # keys whose body breaks mid-way
+    streamed: set[str] = field(default_factory=set)  # keys handed over as Streamed, whole
+    requested: list[str] = field(default_factory=list)  # keys asked for, in order
     calls: int = 0
 
     def put(self, bucket: str, key: str, body: bytes, *, etag: str | None = None, sequencer: str = "01") -> ObjectRef:
@@ -73,6 +76,7 @@ class FakeS3:
         yield (self._one(ref) for ref in refs)
 
     def _one(self, ref: ObjectRef) -> FetchResult:
+        self.requested.append(ref.key)
         body = self.bodies.get((ref.bucket, ref.key, ref.identity))
         if ref.key in self.failing:
             return Failed(ref, FetchError("503 SlowDown"))
@@ -84,6 +88,8 @@ class FakeS3:
                 yield body[: len(body) // 2]
                 raise FetchError("connection reset mid-body")
             return Streamed(ref, head, chunks())
+        if ref.key in self.streamed:
+            return Streamed(ref, head, iter([body[i:i + 1000] for i in range(0, len(body), 1000)]))
         return Fetched(ref, head, body)
 
 
@@ -510,13 +516,108 @@ def test_failed_fetch_fails_its_message_and_releases_its_claim(env: dict[str, An
     assert retry.failed_message_ids == [] and retry.counts["ObjectsArchived"] == 1
 
 
-def test_a_body_breaking_mid_member_abandons_the_archive_and_releases(env: dict[str, Any]) -> None:
+def test_a_body_breaking_mid_member_fails_only_its_own_message_and_releases(env: dict[str, Any]) -> None:
     s3 = env["s3"]
-    broken, fine = s3.put("landing", "big.bin", b"B" * 1000), s3.put("landing", "fine.txt", b"f")
+    goods = [s3.put("landing", f"fine-{i}.txt", f"fine {i}".encode()) for i in range(5)]
+    broken = s3.put("landing", "big.bin", b"B" * 1000)
     s3.broken_stream.add("big.bin")
-    outcome = run(env, [Message("m1", s3_body(fine)), Message("m2", s3_body(broken))])
-    assert sorted(outcome.failed_message_ids) == ["m1", "m2"]
-    assert env["minio"].objects == {} and env["minio"].publishes == [] and claims_of(env) == {}
+    refs = [*goods[:2], broken, *goods[2:]]  # the broken body arrives between good ones
+    outcome = run(env, messages_for(refs))
+
+    assert outcome.failed_message_ids == ["m2"]
+    assert outcome.counts["ObjectsArchived"] == 5
+    (data, _), = env["minio"].objects.values()
+    members, manifest = read_archive(data)
+    assert members == {f"landing/fine-{i}.txt": f"fine {i}".encode() for i in range(5)}
+    assert [o["key"] for o in manifest["objects"]] == [g.key for g in goods]
+    claims = claims_of(env)
+    assert object_id(broken) not in claims  # never in a published archive: released
+    assert all(object_id(g) in claims for g in goods)
+
+
+def test_a_large_body_received_whole_is_archived_with_its_hash(env: dict[str, Any]) -> None:
+    s3 = env["s3"]
+    big, small = s3.put("landing", "big.bin", bytes(range(256)) * 5000), s3.put("landing", "s.txt", b"s")
+    s3.streamed.add("big.bin")
+    outcome = run(env, messages_for([big, small]))
+
+    assert outcome.failed_message_ids == []
+    (data, _), = env["minio"].objects.values()
+    members, manifest = read_archive(data)
+    assert members == {"landing/big.bin": bytes(range(256)) * 5000, "landing/s.txt": b"s"}
+    entry = next(o for o in manifest["objects"] if o["key"] == "big.bin")
+    assert entry["sha256"] == hashlib.sha256(members["landing/big.bin"]).hexdigest()
+    assert entry["size"] == 256 * 5000
+
+
+def test_large_bodies_in_a_row_one_breaking_the_others_archived(env: dict[str, Any]) -> None:
+    # Each large body is received while the one before is archived: the broken one in the
+    # middle must cost only itself, and the last one received must still be archived.
+    s3 = env["s3"]
+    bodies = {f"big-{i}.bin": bytes([i]) * (3000 + i) for i in range(4)}
+    refs = [s3.put("landing", key, body) for key, body in bodies.items()]
+    s3.streamed.update(bodies)
+    s3.broken_stream.add("big-2.bin")
+    small = s3.put("landing", "small.txt", b"small")
+    outcome = run(env, messages_for([*refs, small]))
+
+    assert outcome.failed_message_ids == ["m2"]
+    (data, _), = env["minio"].objects.values()
+    members, manifest = read_archive(data)
+    expected = {f"landing/{key}": body for key, body in bodies.items() if key != "big-2.bin"}
+    assert members == {**expected, "landing/small.txt": b"small"}
+    assert {o["key"]: o["sha256"] for o in manifest["objects"]} == {
+        key.removeprefix("landing/"): hashlib.sha256(body).hexdigest() for key, body in members.items()}
+    assert object_id(refs[2]) not in claims_of(env)
+
+
+def test_the_deadline_cutting_a_large_body_fails_only_its_message(env: dict[str, Any]) -> None:
+    s3 = env["s3"]
+    goods = [s3.put("landing", f"fine-{i}.txt", b"fine") for i in range(3)]
+    big = ObjectRef("landing", "big.bin", (8 << 20) + 1, "abc", None, "01")  # just over the stream threshold
+    body_taken = threading.Event()
+
+    @contextlib.contextmanager
+    def slow_large_fetch(refs: Sequence[ObjectRef], *, cancel: threading.Event, **_: Any) -> Iterator[Any]:
+        def cut_at_cancel() -> Iterator[bytes]:
+            yield b"B" * 1000
+            body_taken.set()
+            assert cancel.wait(timeout=10), "the pipeline never cancelled the slow body"
+            raise FetchCancelled("fetch cancelled")
+
+        def results() -> Iterator[FetchResult]:
+            for ref in refs:
+                if ref.key == "big.bin":
+                    head = ObjectHead(size=(8 << 20) + 1, last_modified=LAST_MODIFIED, etag="abc", version_id=None)
+                    yield Streamed(ref, head, cut_at_cancel())
+                    raise FetchCancelled("fetch cancelled")  # what the engine does once cancelled
+                yield s3._one(ref)
+        yield results()
+
+    # The large ref comes first in the messages; the pipeline fetches the small ones first.
+    # 2.6 s: admitted (~1.4 s expected) with a 1 s reserve; the timer cuts the body after 1.6 s.
+    outcome = run(env, messages_for([big, *goods]), seconds=2.6, fetch=slow_large_fetch)
+
+    assert body_taken.is_set()
+    assert outcome.failed_message_ids == ["m0"]
+    assert outcome.counts["ObjectsArchived"] == 3
+    (data, _), = env["minio"].objects.values()
+    members, _ = read_archive(data)
+    assert sorted(members) == [f"landing/fine-{i}.txt" for i in range(3)]
+    assert object_id(big) not in claims_of(env)
+
+
+def test_a_large_object_that_cannot_be_fetched_in_the_time_left_is_not_admitted(env: dict[str, Any]) -> None:
+    s3 = env["s3"]
+    small = s3.put("landing", "small.txt", b"small")
+    # An event naming 1 GiB: at LARGE_FETCH_BYTES_PER_SECOND it needs far more than a 20 s invocation has.
+    huge = ObjectRef("landing", "huge.bin", 1 << 30, "abc", None, "01")
+    outcome = run(env, [Message("m-huge", s3_body(huge)), Message("m-small", s3_body(small))], seconds=20)
+
+    assert outcome.failed_message_ids == ["m-huge"]
+    assert outcome.counts["ObjectsArchived"] == 1
+    assert object_id(huge) not in claims_of(env)  # released for a later, longer try
+    assert s3.requested == [small.key]  # never fetched
 
 
 def test_an_object_too_big_for_the_spool_fails_only_its_own_message(env: dict[str, Any]) -> None:
