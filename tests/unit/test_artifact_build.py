@@ -5,6 +5,7 @@ that writes a small zip and template, as it would."""
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from aggregator.sdk import models
 from local import artifact
 
 REAL_RUN = subprocess.run
@@ -58,6 +60,9 @@ class FakeServerless:
             archive.writestr("dep.py", "X = 2\n")
             archive.writestr("__pycache__/dep.cpython-311.pyc", b"already there")
             archive.writestr("py2only.py", "print 'old'\n")
+            archive.writestr("botocore/data/endpoints.json", '{"partitions": []}')
+            archive.writestr("botocore/data/s3/2006-03-01/service-2.json.gz", gzip.compress(b'{"b": 1, "a": 2}'))
+            archive.writestr("botocore/data/ec2/2016-11-15/service-2.json.gz", gzip.compress(b"{}"))
         template = {"Resources": {
             "AggregatorLambdaFunction": {"Type": "AWS::Lambda::Function", "Properties": {"Runtime": RUNTIME}},
             "AggregatorLambdaVersionX": {"Type": "AWS::Lambda::Version",
@@ -73,7 +78,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeServerless:
     return serverless
 
 
-def test_the_zip_gets_hash_checked_bytecode_for_every_module_and_the_template_its_hash(
+def test_the_zip_gets_bytecode_and_model_pickles_and_the_template_its_hash(
         fake: FakeServerless, tmp_path: Path) -> None:
     built = artifact.package(artifact.HOST_ARCH, build=tmp_path / "build", root=fake.root)
     with zipfile.ZipFile(built.zip_path) as archive:
@@ -84,6 +89,11 @@ def test_the_zip_gets_hash_checked_bytecode_for_every_module_and_the_template_it
             "aggregator/base/__pycache__/__init__.cpython-311.pyc"} <= names
     assert kept == b"already there"  # what pip compiled is left as it is
     assert "__pycache__/py2only.cpython-311.pyc" not in names  # does not compile: skipped
+    # The models the first invocation's clients parse, pickled beside their JSON; not the others.
+    assert {"botocore/data/endpoints.json.pickle", "botocore/data/s3/2006-03-01/service-2.json.gz.pickle"} <= names
+    assert "botocore/data/ec2/2016-11-15/service-2.json.gz.pickle" not in names
+    loader = models.PickledJSONFileLoader()
+    assert list(loader.load_file(str(built.task_root / "botocore/data/s3/2006-03-01/service-2"))) == ["b", "a"]
     flags = int.from_bytes(handler_pyc[4:8], "little")
     assert flags == 0b11  # hash-based, checked against the source at import
     template = json.loads(built.template_path.read_text())
@@ -102,7 +112,7 @@ def test_a_bytecode_mismatch_with_the_template_runtime_is_refused(fake: FakeServ
     template["Resources"]["AggregatorLambdaFunction"]["Properties"]["Runtime"] = "python3.99"
     built.template_path.write_text(json.dumps(template))
     with pytest.raises(RuntimeError, match=r"python3\.99"):
-        artifact.add_bytecode(built)
+        artifact.add_precompiled(built)
 
 
 @pytest.mark.parametrize("change", ["aggregator/base/__init__.py", "requirements.txt", "serverless.yml",
