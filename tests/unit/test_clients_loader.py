@@ -53,3 +53,18 @@ def test_many_sessions_leave_one_entry_per_search_path() -> None:
                                          bucket="b"))
     paths = clients.aws_session()._session.get_component("data_loader").search_paths
     assert len(paths) == len(set(paths))
+
+
+def test_building_a_client_leaves_the_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    session = clients.aws_session()
+    assert gc.isenabled()
+    clients.secretsmanager_client(session)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        clients.source_s3_client(session, max_pool=2)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
