@@ -59,8 +59,9 @@ class PickledJSONFileLoader(JSONFileLoader):
     @staticmethod
     def _cached(source_path: str) -> Any:
         try:
+            # One read, then loads: pickle.load on the file object reads in small pieces.
             with open(source_path + SUFFIX, "rb") as handle:
-                recorded, data = pickle.load(handle)
+                recorded, data = pickle.loads(handle.read())
             with open(source_path, "rb") as handle:
                 source = handle.read()
         except (OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError):
