@@ -58,6 +58,8 @@ bench-quick: setup
 # The deploy artifact (build/arm64/) and its twin for this machine, unzipped
 # (build/$(HOST_ARCH)/unzipped/): the task root that run-local and demo run.
 # Deploy what was tested: npx serverless deploy --stage STAGE --package build/arm64
+# Rebuilt only when an input (requirements, serverless.yml, package.json, handler.py,
+# aggregator/) or the stage changed; `$(PY) -m local.artifact --force` rebuilds anyway.
 STAGE ?= dev
 HOST_ARCH := $(shell uname -m | sed -e 's/aarch64/arm64/')
 TASK_ROOT := build/$(HOST_ARCH)/unzipped
@@ -81,10 +83,21 @@ stack-status:
 run-local: package
 	$(PY) -m local run --task-root $(TASK_ROOT)
 
-# serverless invoke local with a real event from the running stack.
-invoke-local: setup
+# serverless invoke local with a real event from the running stack, run from the packaged
+# twin (not the source tree): Serverless runs `python3 invoke.py` (its own wrapper, standard
+# library only), so PATH gets a `python3` that is the base interpreter with -S (no
+# site-packages, no .venv) and PYTHONPATH the task root; invoke.py appends the repo root
+# last, after the zip's contents. VIRTUAL_ENV is unset: Serverless would put its bin first.
+# Not Lambda's runtime client: `make run-local` runs the twin through awslambdaric.
+INVOKE_BIN := build/invoke-local
+invoke-local: package
 	$(PY) -m local event
-	set -a; . .local-stack/env; set +a; PATH=$(CURDIR)/$(VENV)/bin:$$PATH npx serverless invoke local -f aggregator --stage local -p .local-stack/event.json
+	mkdir -p $(INVOKE_BIN)
+	printf '#!/bin/sh\nexec %s -S "$$@"\n' "$$($(PY) -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')" > $(INVOKE_BIN)/python3
+	chmod +x $(INVOKE_BIN)/python3
+	set -a; . .local-stack/env; set +a; env -u VIRTUAL_ENV PATH=$(CURDIR)/$(INVOKE_BIN):$$PATH \
+	  PYTHONPATH=$(CURDIR)/$(TASK_ROOT) PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 \
+	  npx serverless invoke local -f aggregator --stage local -p .local-stack/event.json
 
 clean: stack-down
 	rm -rf .serverless .local-stack .pytest_cache build

@@ -26,25 +26,38 @@ The contract says the MinIO keys never reach a log line whatever the log level, 
 filter on the SDK's loggers withholds any message carrying a Secrets Manager value and
 redacts the keys of every MinIO client built here. It is installed when the Secrets
 Manager or MinIO client is built, before the first fetch.
+
+Every session built here shares one botocore data loader: service models, endpoint
+rulesets and endpoints.json are read-only data, parsed once per process. Without it the
+MinIO client's own session parsed S3's model and endpoints.json a second time in the first
+invocation (~60 ms of a cold start). The loader holds no configuration or credentials.
+It reads the pickles that the packaging step makes of the JSON files a first invocation
+parses, when they match their source (:mod:`aggregator.sdk.models`, ~35 ms).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.httpsession import get_cert_path
 
 from aggregator.claims.dynamodb import DynamoDBJsonClient
 from aggregator.sdk import botocore_private, endpoints
 from aggregator.sdk.crthttp import Proxies
+from aggregator.sdk.models import PickledJSONFileLoader
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
@@ -72,13 +85,50 @@ _BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers", "botocore.auth", "boto
 _SECRET_VALUE_MARKERS = ("SecretString", "SecretBinary")
 
 
+_loader_lock = threading.Lock()
+_loader: botocore.loaders.Loader | None = None
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a client is built.
+
+    Building one allocates tens of thousands of long-lived objects (models, rulesets,
+    handlers); each allocation burst runs collections that walk every object alive, which
+    made up ~40 % of the first invocation's set-up (benchmarks/test_cold_start.py). Nothing
+    is lost: cycles made meanwhile are collected by the next collection after it.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _session(*, region: str | None = None) -> boto3.session.Session:
+    """A new session (its own configuration and credentials) on the shared data loader."""
+    global _loader
+    with _no_cyclic_gc(), _loader_lock:
+        core = botocore.session.get_session()
+        if _loader is None:
+            _loader = botocore.loaders.create_loader(core.get_config_variable("data_path"))
+            _loader.file_loader = PickledJSONFileLoader()
+        core.register_component("data_loader", _loader)
+        session = boto3.session.Session(botocore_session=core, region_name=region)
+        # Each boto3 session appends its resource models' folder to the loader's search path.
+        _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+    return session
+
+
 def aws_session(*, region: str | None = None) -> boto3.session.Session:
     """A session resolved from the environment. Build clients from it on one thread.
 
     ``region`` is the environment's own AWS_REGION (Settings.aws_region): botocore reads
     only AWS_DEFAULT_REGION, and Lambda sets both, but a plain ``AWS_REGION=...`` must work too.
     """
-    return boto3.session.Session(region_name=region)
+    return _session(region=region)
 
 
 def _aws_config(*, max_pool: int) -> Config:
@@ -91,7 +141,8 @@ def _aws_config(*, max_pool: int) -> Config:
 
 
 def dynamodb_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBClient:
-    return session.client("dynamodb", config=_aws_config(max_pool=max_pool))
+    with _no_cyclic_gc():
+        return session.client("dynamodb", config=_aws_config(max_pool=max_pool))
 
 
 def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBJsonClient:
@@ -103,7 +154,8 @@ def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> Dyna
     client verifies with (``AWS_CA_BUNDLE``, the config file's ``ca_bundle``, or the SDK's
     default), and the proxies the ones it would use (``HTTPS_PROXY`` / ``NO_PROXY``).
     """
-    resolved = session.client("dynamodb", config=_aws_config(max_pool=1))
+    with _no_cyclic_gc():
+        resolved = session.client("dynamodb", config=_aws_config(max_pool=1))
     verify = botocore_private.client_verify(resolved)
     return DynamoDBJsonClient(
         endpoint_url=endpoints.service_url(resolved, "PutItem"), region=resolved.meta.region_name,
@@ -114,12 +166,14 @@ def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> Dyna
 
 def secretsmanager_client(session: boto3.session.Session) -> SecretsManagerClient:
     _redactor.install()
-    return session.client("secretsmanager", config=_aws_config(max_pool=2))
+    with _no_cyclic_gc():
+        return session.client("secretsmanager", config=_aws_config(max_pool=2))
 
 
 def source_s3_client(session: boto3.session.Session, *, max_pool: int) -> S3Client:
     """The client for the GETs; ``max_pool`` must cover the fetch concurrency."""
-    return session.client("s3", config=_aws_config(max_pool=max_pool))
+    with _no_cyclic_gc():
+        return session.client("s3", config=_aws_config(max_pool=max_pool))
 
 
 def minio_client(secret: MinioSecret, *, max_pool: int = 10,
@@ -143,16 +197,17 @@ def minio_client(secret: MinioSecret, *, max_pool: int = 10,
     if secret.uses_tls and secret.ca_bundle:
         verify = ca_bundle_path(secret.ca_bundle)
     # A fresh session: the default one may carry a profile's or role's credentials.
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=secret.endpoint_url,
-        region_name=secret.region,
-        aws_access_key_id=secret.access_key,
-        aws_secret_access_key=secret.secret_key,
-        aws_session_token=None,
-        verify=verify,
-        config=config,
-    )
+    with _no_cyclic_gc():
+        return _session().client(
+            "s3",
+            endpoint_url=secret.endpoint_url,
+            region_name=secret.region,
+            aws_access_key_id=secret.access_key,
+            aws_secret_access_key=secret.secret_key,
+            aws_session_token=None,
+            verify=verify,
+            config=config,
+        )
 
 
 _ca_lock = threading.Lock()
@@ -221,4 +276,5 @@ _redactor = _RedactSecrets()
 
 def sqs_client(session: boto3.session.Session) -> Any:
     """The ingest queue's client, for the operator tools' backfill (``AWS_ENDPOINT_URL_SQS`` honoured)."""
-    return session.client("sqs", config=_aws_config(max_pool=2))
+    with _no_cyclic_gc():
+        return session.client("sqs", config=_aws_config(max_pool=2))
