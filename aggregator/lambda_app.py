@@ -2,10 +2,8 @@
 
 Nothing here runs at import beyond creating Powertools objects (no network, no client):
 settings are validated and clients built on the first invocation, then reused by the
-warm container. The archive is built for the whole batch at once; the pipeline's verdict
-is the partial batch response (the failed messages, in batch order). Powertools'
-``BatchProcessor`` used to build it: the same response, but its import (asyncio and every
-event class of ``data_classes``) was ~10 % of a cold start (benchmarks/test_cold_start.py).
+warm container. The archive is built for the whole batch at once; Powertools'
+``BatchProcessor`` then turns the pipeline's verdict into the partial batch response.
 """
 
 from __future__ import annotations
@@ -18,6 +16,8 @@ from typing import Any, Protocol
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from aggregator import clients
 from aggregator.base.deadline import Deadline
@@ -53,6 +53,9 @@ def _tracer_if_enabled() -> Tracer | None:
 tracer = _tracer_if_enabled()
 
 DEFAULT_METRICS_NAMESPACE = "S3MinioAggregator"
+# The processor only learns our verdict; what went wrong is logged by the pipeline.
+_QUIET = logging.getLogger("aggregator.batch_processor")
+_QUIET.disabled = True
 
 _COUNTERS = ("ObjectsArchived", "DuplicatesSkipped", "ObjectsMissing", "EventsIgnored", "StaleEvents",
              "MalformedMessages", "PublishOutcomeUnknown", "BatchItemFailures")
@@ -65,6 +68,10 @@ class LambdaContextLike(Protocol):
     memory_limit_in_mb: int | str
 
     def get_remaining_time_in_millis(self) -> int: ...
+
+
+class BatchItemFailed(Exception):
+    """Raised for a record the pipeline could not safely archive: Powertools reports it."""
 
 
 def _route_all_logging_through_json() -> None:
@@ -133,19 +140,22 @@ def _handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any
         metrics.flush_metrics()
         raise
     try:
-        return partial_batch_response(records, failed=set(outcome.failed_message_ids))
+        failed = set(outcome.failed_message_ids)
+
+        def verdict(record: SQSRecord) -> None:
+            if record.message_id in failed:
+                raise BatchItemFailed(record.message_id)
+
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False,
+                                   logger=_QUIET)
+        response: dict[str, Any] = process_partial_response(  # type: ignore[assignment]
+            event=event, record_handler=verdict, processor=processor, context=context)  # type: ignore[arg-type]
+        return response
     finally:
         metrics.flush_metrics()
 
 
 handler = tracer.capture_lambda_handler(_handler, capture_response=False) if tracer else _handler
-
-
-def partial_batch_response(records: list[dict[str, Any]], *, failed: set[str]) -> dict[str, Any]:
-    """SQS's partial batch response: one ``itemIdentifier`` per failed record, in batch order
-    (also when every record failed: the response, not an exception, says so)."""
-    return {"batchItemFailures": [{"itemIdentifier": record["messageId"]} for record in records
-                                  if record["messageId"] in failed]}
 
 
 def _records(event: Any) -> list[dict[str, Any]]:
