@@ -284,13 +284,17 @@ def run_random_points(world: World, log_dir: Path, *, count: int, seed: int, wor
 def _random_kills(world: World, tmp_path: Path, say: Callable[[str], None], *, count: int, workers: int) -> None:
     seed = int(os.environ.get("KILL_SEED") or random.SystemRandom().randrange(10**6))
     say(f"random kill points: KILL_SEED={seed} ({count} points; set KILL_SEED to run them again)")
-    points = run_random_points(world, tmp_path, count=count, seed=seed, workers=workers, max_delay=1.2, say=say)
+    # A whole batch here takes ~0.85 s, so most delays land mid-run; the rest finish first.
+    points = run_random_points(world, tmp_path, count=count, seed=seed, workers=workers, max_delay=1.0, say=say)
     steps = Counter(p.step for p in points if p.killed_outcome == "killed")
     say(f"random kill points by last step (KILL_SEED={seed}): {dict(sorted(steps.items()))}; "
           f"not killed (finished first): {sum(p.killed_outcome == 'ok' for p in points)}")
     failures = {f"point {p.index} (delay {p.delay:.3f} s, step {p.step})": p.problems for p in points if p.problems}
     assert failures == {}, f"KILL_SEED={seed}: {failures}"
-    assert sum(p.killed_outcome == "killed" for p in points) >= count * 2 // 3, "too few points were really kills"
+    # Not vacuous: most points really killed the function, at several different steps. (Two
+    # thirds with 20 points failed one run in three on a quick machine: a binomial tail.)
+    assert sum(steps.values()) >= count // 2, "too few points were really kills"
+    assert len(steps) >= 3, f"kills landed at too few steps: {dict(steps)}"
 
 
 def test_random_kill_points(world: World, tmp_path: Path, request: pytest.FixtureRequest) -> None:
