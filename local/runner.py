@@ -70,11 +70,19 @@ class StopPolicy:
 
 @dataclass(frozen=True)
 class Delivered:
-    """One message as one invocation saw it."""
+    """One message as one invocation saw it, with when it reached the queue and the poller.
+
+    ``sent`` and ``first_received`` are SQS's ``SentTimestamp`` and
+    ``ApproximateFirstReceiveTimestamp`` (epoch seconds, millisecond resolution);
+    ``received`` is when this poller's ReceiveMessage returned it (this machine's clock).
+    """
 
     message_id: str
     body: str
     receive_count: int
+    sent: float | None = None
+    first_received: float | None = None
+    received: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,18 @@ class InvocationRecord:
     finished: float  # epoch seconds, after the deletes
     response_problem: str | None = None  # why a returned response failed the whole batch
     delete_failures: int = 0
+    # When the poller, its batch complete, called the function (epoch seconds). On a cold
+    # start the init phase runs between this and ``invocation.started``; warm, they agree.
+    invoked: float = 0.0
+
+    @property
+    def handler_start(self) -> float:
+        return self.invocation.started
+
+    @property
+    def ended(self) -> float:
+        """When the function's response (or its failure) came back."""
+        return self.invocation.started + self.invocation.duration_s
 
 
 @dataclass
@@ -150,6 +170,11 @@ def interpret_response(ids: Sequence[str], invocation: Invocation, *,
     return everything - failed, failed, None
 
 
+def _epoch_ms(value: str | None) -> float | None:
+    """An SQS timestamp attribute (epoch milliseconds, as a string) in epoch seconds."""
+    return int(value) / 1000 if value else None
+
+
 class _Poller(threading.Thread):
     def __init__(self, index: int, runner: EventSourceRunner) -> None:
         super().__init__(name=f"poller-{index}", daemon=True)
@@ -159,6 +184,7 @@ class _Poller(threading.Thread):
         self.sandbox = Sandbox(runner.function, runner.sink, label=f"sandbox-{index}")
         self.busy = False  # holding a batch: the run is not idle
         self._carry: list[dict[str, Any]] = []
+        self._received_at: dict[str, float] = {}  # receipt handle -> when ReceiveMessage returned it
 
     def run(self) -> None:
         try:
@@ -178,7 +204,11 @@ class _Poller(threading.Thread):
             MessageSystemAttributeNames=sqs_event.SYSTEM_ATTRIBUTES,
             MessageAttributeNames=sqs_event.MESSAGE_ATTRIBUTES,
         )
-        return list(response.get("Messages", []))
+        received = time.time()
+        messages = list(response.get("Messages", []))
+        for message in messages:
+            self._received_at[message["ReceiptHandle"]] = received
+        return messages
 
     def _collect(self) -> list[dict[str, Any]]:
         records, self._carry = self._carry, []
@@ -214,6 +244,7 @@ class _Poller(threading.Thread):
         return records
 
     def _invoke(self, records: list[dict[str, Any]]) -> None:
+        invoked = time.time()
         invocation = self.sandbox.invoke(sqs_event.event(records))
         ids = [r["messageId"] for r in records]
         acked, failed, problem = interpret_response(
@@ -222,15 +253,22 @@ class _Poller(threading.Thread):
         record = InvocationRecord(
             poller=self.index,
             invocation=invocation,
-            messages=tuple(Delivered(r["messageId"], r["body"], int(r["attributes"].get("ApproximateReceiveCount", 0)))
-                           for r in records),
+            messages=tuple(self._delivered(r) for r in records),
             acked=tuple(i for i in ids if i in acked),
             failed=tuple(i for i in ids if i in failed),
             finished=time.time(),
             response_problem=problem,
             delete_failures=delete_failures,
+            invoked=invoked,
         )
         self.runner.record(record)
+
+    def _delivered(self, entry: Mapping[str, Any]) -> Delivered:
+        attributes = entry["attributes"]
+        return Delivered(entry["messageId"], entry["body"], int(attributes.get("ApproximateReceiveCount", 0)),
+                         sent=_epoch_ms(attributes.get("SentTimestamp")),
+                         first_received=_epoch_ms(attributes.get("ApproximateFirstReceiveTimestamp")),
+                         received=self._received_at.pop(entry["receiptHandle"], None))
 
     def _delete_acked(self, records: list[dict[str, Any]]) -> int:
         failures = 0
