@@ -32,6 +32,12 @@ the SQS models read ``time.time()`` (the same clock, as moto reads it without fr
 and the retention check reads the queue's retention period alone: 5 receives of 10 take
 ~0.04 s instead of 2.35 s.
 
+moto's server routes every request under one process-wide lock, and to route it lists
+moto's package folder (``os.listdir`` and a ``stat`` per entry, ~170 entries) twice and
+tries the host against every service's URL patterns: every request of every client
+waited in line for that. Both answers never change while the server runs; they are
+computed once here (per host name for the second).
+
 moto's SQS ``delete_message`` rebuilds the queue's message list without the queue's lock
 and then assigns it back: a message that ``SendMessage`` (or an S3 notification) appends
 in between is silently lost. The delete holds the same lock as the append here.
@@ -48,8 +54,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from moto import backends
 from moto.core.utils import unix_time as _moto_unix_time
 from moto.dynamodb import models
+from moto.moto_server import werkzeug_app
 from moto.s3 import notifications
 from moto.server import main
 from moto.sqs import models as sqs_models
@@ -141,7 +149,21 @@ def _retained(self: sqs_models.SQSBackend, queue_name: str, message: sqs_models.
     return retention_s + message.sent_timestamp / 1000 > time.time()  # type: ignore[operator]
 
 
+_moto_modules = tuple(backends.list_of_moto_modules())
+_backend_for_host = werkzeug_app.DomainDispatcherApplication.get_backend_for_host
+_backends_by_host: dict[str | None, Any] = {}
+
+
+def _cached_backend_for_host(self: werkzeug_app.DomainDispatcherApplication, host: str | None) -> Any:
+    # Called under the dispatcher's own lock: no second lock needed.
+    if host not in _backends_by_host:
+        _backends_by_host[host] = _backend_for_host(self, host)
+    return _backends_by_host[host]
+
+
 _queue_delete_message = sqs_models.Queue.delete_message
+backends.list_of_moto_modules = lambda: _moto_modules  # type: ignore[assignment]
+werkzeug_app.DomainDispatcherApplication.get_backend_for_host = _cached_backend_for_host  # type: ignore[method-assign]
 notifications._get_s3_event = _s3_event
 sqs_models.Queue.delete_message = _delete_message  # type: ignore[method-assign]
 setattr(sqs_models, "unix_time", _unix_time)  # noqa: B010 - names moto's models imported for themselves

@@ -185,9 +185,13 @@ class _Poller(threading.Thread):
         self.busy = False  # holding a batch: the run is not idle
         self._carry: list[dict[str, Any]] = []
         self._received_at: dict[str, float] = {}  # receipt handle -> when ReceiveMessage returned it
+        self.warm = threading.Event()  # set once polling starts (after the init phase, when provisioned)
 
     def run(self) -> None:
         try:
+            if self.runner.provisioned:
+                self.sandbox.prewarm()
+            self.warm.set()
             while not self.runner.stopping.is_set():
                 batch = self._collect()
                 if batch:
@@ -286,7 +290,9 @@ class EventSourceRunner:
     def __init__(self, sqs: Any, mapping: MappingConfig, function: FunctionConfig, *, concurrency: int = 1,
                  stop: StopPolicy = StopPolicy(), log_path: Path | None = None,
                  on_invocation: Callable[[InvocationRecord], None] | None = None,
-                 monitor_interval_s: float = 0.5) -> None:
+                 monitor_interval_s: float = 0.5, provisioned: bool = False) -> None:
+        """``provisioned``: each poller's sandbox runs its init phase before the first poll,
+        as with provisioned concurrency; by default the first invocation is a cold start."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.sqs = sqs
@@ -297,6 +303,7 @@ class EventSourceRunner:
         self.sink = LogSink(log_path)
         self.on_invocation = on_invocation
         self.monitor_interval_s = monitor_interval_s
+        self.provisioned = provisioned
         self.stopping = threading.Event()
         self._armed = threading.Event()
         self._lock = threading.Lock()
@@ -330,6 +337,12 @@ class EventSourceRunner:
         self._monitor = threading.Thread(target=self._watch, name="monitor", daemon=True)
         self._monitor.start()
         return self
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Whether every poller is polling (with ``provisioned``: its init phase done) in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return all(p.warm.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                   for p in self._pollers)
 
     def arm(self) -> None:
         """Let the run stop once the queue stays empty (the producer is done)."""

@@ -257,6 +257,14 @@ class Sandbox:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
 
+    def prewarm(self) -> Invocation | None:
+        """Run the init phase now, before any event, as provisioned concurrency does; an
+        Invocation when init failed (the next invoke then starts a new environment)."""
+        if self._alive():
+            return None
+        self.kill()
+        return self._start()
+
     # -- invocations -----------------------------------------------------------------
     def invoke(self, event: Mapping[str, Any]) -> Invocation:
         cold = not self._alive()

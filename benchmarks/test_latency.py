@@ -1,0 +1,223 @@
+"""How long an object waits from upload to archive, part by part (issue 15, section 3).
+
+Run:  .venv/bin/python -m pytest benchmarks/test_latency.py    (BENCH_QUICK=1: 300 objects)
+
+The whole local shape, on the benchmarks' own servers: a versioned landing bucket in moto
+that notifies an SQS queue (moto with our fixes, :mod:`local.moto_server`), the claim
+table and the MinIO secret in moto, SeaweedFS as MinIO; the real handler in Lambda-like
+sandboxes fed by the event source runner (:mod:`local.runner`) with the trigger exactly
+as serverless.yml's ``local`` stage sets it (batch size, batching window, concurrency,
+timeout). 8 KiB objects are uploaded at a steady RATE, below what the pipeline archives,
+so that the figures are the latency of the path and not the length of a backlog (the
+demo, ``make demo``, uploads in a burst and shows the backlog's share too).
+
+The pollers' sandboxes run their init phase before the first poll (``provisioned``): a
+cold start is a part of its own in :mod:`local.latency`, and the gate's two targets are
+about the warm path: the invocation's own time (p99 <= 1.5 s for batches of up to 100 x
+8 KiB) and queue -> invocation start (p99 <= batching window + 0.5 s). The figures are
+percentiles over one run, every instant taken from SQS attributes and the runner's own
+stamps (:mod:`local.latency` says which); ``store["latency"]`` hands them to the gate.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from aggregator.base.errors import MalformedMessage
+from aggregator.base.events import parse_body
+from benchmarks import harness
+from local import latency, stack
+from local.resources import Names, aws_client, minio_secret, provision_aws
+from local.runner import EventSourceRunner, InvocationRecord, MappingConfig, RunSummary, StopPolicy
+from local.sandbox import FunctionConfig
+from local.serverless_config import StageConfig, load_stage
+from tests.support.servers import MotoServer
+
+OBJECTS = 300 if harness.QUICK else 2000
+RATE = 150.0  # uploads per second: about half of what the two pollers archive here
+UPLOAD_THREADS = 8
+WARMUP_MOST = 20
+OWN_SHARE_P99_S = 1.5
+OVER_WINDOW_P99_S = 0.5
+
+
+@dataclass
+class LatencyRun:
+    stage: StageConfig
+    summary: RunSummary
+    stamps: list[latency.Stamps]
+    uploaded: int
+    upload_s: float
+    batch_sizes: list[int]  # the measured invocations'
+    first_invocations: list[float]  # each sandbox's first (warm-up) invocation, seconds
+    moto_busy: float  # moto's CPU over the measured phase's wall time: 1.0 is one core, all the time
+    wall_s: float  # first measured upload to last measured acknowledgement
+
+    @property
+    def breakdown(self) -> dict[str, latency.Spread]:
+        return latency.breakdown(self.stamps)
+
+    @property
+    def window_s(self) -> float:
+        return float(self.stage.batching_window_s)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "objects": self.uploaded, "rate_per_s": RATE, "upload_s": round(self.upload_s, 2),
+            "batch_size": self.stage.batch_size, "batching_window_s": self.window_s,
+            "concurrency": self.stage.max_concurrency, "batches": len(self.batch_sizes),
+            "largest_batch": max(self.batch_sizes, default=0), "wall_s": round(self.wall_s, 2),
+            "moto_cpu_share": round(self.moto_busy, 3),
+            "first_invocation_s": [round(d, 3) for d in self.first_invocations],
+            "parts": {name: row.to_json() for name, row in self.breakdown.items()},
+        }
+
+    def describe(self) -> str:
+        rows = self.breakdown
+        parts = "; ".join(f"{name} p50 {row.p50:.2f} / p99 {row.p99:.2f} / max {row.max:.2f} s"
+                          for name, row in rows.items())
+        return (f"{self.uploaded} x 8 KiB at {RATE:g}/s, batch size {self.stage.batch_size}, window "
+                f"{self.window_s:g} s, {self.stage.max_concurrency} warm pollers, {len(self.batch_sizes)} "
+                f"invocations (largest {max(self.batch_sizes, default=0)}): {parts}; moto busy "
+                f"{self.moto_busy:.0%} of a core; each sandbox's first invocation (warm-up, not counted) "
+                + ", ".join(f"{d:.2f}" for d in self.first_invocations) + " s")
+
+
+class _Stamper:
+    """Each object's instants at its first acknowledgement (from the poller threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stamps: dict[str, latency.Stamps] = {}
+        self.records: list[InvocationRecord] = []
+        self.archived_by: dict[int, InvocationRecord] = {}  # poller -> its first invocation that archived
+        self.changed = threading.Condition(self.lock)
+
+    def pollers(self) -> set[int]:
+        """Pollers whose sandbox has archived something (S3's test event warms nothing up)."""
+        with self.lock:
+            return set(self.archived_by)
+
+    def wait_for(self, keys: list[str], timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: all(key in self.stamps for key in keys), timeout=timeout)
+
+    def __call__(self, record: InvocationRecord) -> None:
+        acked = set(record.acked)
+        with self.changed:
+            self.records.append(record)
+            self.changed.notify_all()
+            for message in record.messages:
+                if message.message_id not in acked or message.sent is None:
+                    continue
+                try:
+                    objects = parse_body(message.body).objects
+                except MalformedMessage:
+                    continue
+                for ref in objects:
+                    if ref.key not in self.stamps and ref.event_time is not None:
+                        self.stamps[ref.key] = latency.Stamps(
+                            uploaded=ref.event_time.timestamp(), sent=message.sent, invoked=record.invoked,
+                            handler_start=record.handler_start, end=record.ended)
+                        self.archived_by.setdefault(record.poller, record)
+
+
+def _keys(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}/host-{i % 16:02d}/{i:06d}.jsonl" for i in range(count)]
+
+
+def _paced_upload(s3: Any, bucket: str, keys: list[str], bodies: list[bytes], *, rate: float) -> None:
+    """PutObject each body at its slot (i / rate seconds from the start), never early."""
+    start = time.monotonic() + 0.05
+
+    def put(i: int) -> None:
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        s3.put_object(Bucket=bucket, Key=keys[i], Body=bodies[i])
+
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+        list(pool.map(put, range(len(bodies))))
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(s3: harness.S3Server, moto: MotoServer, *, objects: int = OBJECTS, rate: float = RATE) -> LatencyRun:
+    """Provision a fresh landing bucket, queue, table and secret; upload; run; the stamps."""
+    stage = load_stage(stack.REPO_ROOT / "serverless.yml", stage="local")
+    suffix = uuid.uuid4().hex[:8]
+    names = Names(landing_bucket=f"latency-landing-{suffix}", queue=f"latency-{suffix}", dlq=f"latency-{suffix}-dlq",
+                  table=f"latency-claims-{suffix}", secret=f"latency/{suffix}/minio",
+                  archive_bucket=harness.TARGET_BUCKET)
+    stage = replace(stage, landing_bucket=names.landing_bucket, queue=names.queue, dlq=names.dlq, table=names.table,
+                    secret=names.secret)
+    harness.ensure_bucket(s3.client(), harness.TARGET_BUCKET)
+    resources = provision_aws(
+        endpoint_url=moto.endpoint_url, region=stage.region, names=names,
+        visibility_timeout_s=stage.visibility_timeout_s, max_receive_count=stage.max_receive_count,
+        secret=minio_secret(endpoint_url=s3.endpoint_url, access_key=s3.access_key, secret_key=s3.secret_key,
+                            bucket=harness.TARGET_BUCKET))
+    env = stack.function_env(stage, endpoint_url=moto.endpoint_url, extra={})
+    env.update(IDEMPOTENCY_TABLE_NAME=names.table, MINIO_SECRET_ID=names.secret,
+               ARCHIVE_PREFIX=f"latency-{suffix}", LOG_LEVEL="INFO")
+    sqs = aws_client("sqs", endpoint_url=moto.endpoint_url, region=stage.region, max_pool=stage.max_concurrency + 4)
+    landing = aws_client("s3", endpoint_url=moto.endpoint_url, region=stage.region, max_pool=UPLOAD_THREADS + 2)
+    mapping = MappingConfig(queue_url=resources.queue_url, queue_arn=resources.queue_arn, region=stage.region,
+                            batch_size=stage.batch_size, batching_window_s=stage.batching_window_s,
+                            report_batch_item_failures=stage.report_batch_item_failures, poll_wait_s=1)
+    function = FunctionConfig(handler=stage.handler, name=stage.function_name, timeout_s=stage.timeout_s,
+                              memory_mb=stage.memory_mb, region=stage.region, env=env, task_root=stack.REPO_ROOT)
+    stamper = _Stamper()
+    bodies = harness.small_bodies(objects, seed=15)
+    runner = EventSourceRunner(sqs, mapping, function, concurrency=stage.max_concurrency,
+                               stop=StopPolicy(idle_s=30, max_s=300), on_invocation=stamper,
+                               monitor_interval_s=0.2, provisioned=True)
+    with runner:
+        runner.start(armed=False)
+        assert runner.wait_warm(timeout=60), "the pollers' sandboxes did not finish their init phase"
+        # Warm-up, not measured: one object at a time until every poller has invoked once
+        # (a sandbox's first invocation builds the function's clients and reads its secret).
+        warmup = _keys("warmup", WARMUP_MOST)
+        sent = 0
+        while len(stamper.pollers()) < stage.max_concurrency and sent < WARMUP_MOST:
+            landing.put_object(Bucket=names.landing_bucket, Key=warmup[sent], Body=bodies[0])
+            sent += 1
+            time.sleep(0.3)
+        assert stamper.wait_for(warmup[:sent], timeout=120), "the warm-up objects were not archived"
+        first = dict(stamper.archived_by)
+        warm_from = len(stamper.records)
+        keys = _keys("latency", objects)
+        moto_cpu, clock = _cpu_s(moto.pid), time.monotonic()
+        _paced_upload(landing, names.landing_bucket, keys, bodies, rate=rate)
+        upload_s = time.monotonic() - clock
+        done = stamper.wait_for(keys, timeout=300)
+        wall, moto_cpu = time.monotonic() - clock, _cpu_s(moto.pid) - moto_cpu
+        runner.stop("measured")
+        summary = runner.wait()
+    missing = [key for key in keys if key not in stamper.stamps]
+    assert done and not missing and not summary.errors, (
+        f"{len(missing)} of {len(keys)} objects never acknowledged (e.g. {missing[:3]}); runner errors "
+        f"{summary.errors}; outcomes {dict(summary.outcomes)}")
+    return LatencyRun(stage=stage, summary=summary, stamps=[stamper.stamps[key] for key in keys], uploaded=objects,
+                      upload_s=upload_s, batch_sizes=[len(r.messages) for r in stamper.records[warm_from:]],
+                      first_invocations=[r.invocation.duration_s for r in first.values()],
+                      moto_busy=moto_cpu / wall, wall_s=wall)
+
+
+def test_latency_from_upload_to_archive(s3: harness.S3Server, moto: MotoServer, store: dict[str, Any]) -> None:
+    run = measure(s3, moto)
+    store["latency"] = run
+    print("\n" + "\n".join(latency.table_lines(run.breakdown)))
+    assert not latency.problems(run.stamps), latency.problems(run.stamps)[:5]
+    assert max(run.batch_sizes) <= run.stage.batch_size
