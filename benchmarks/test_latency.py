@@ -62,6 +62,8 @@ class LatencyRun:
     first_invocations: list[float]  # each sandbox's first (warm-up) invocation, seconds
     moto_busy: float  # moto's CPU over the measured phase's wall time: 1.0 is one core, all the time
     wall_s: float  # first measured upload to last measured acknowledgement
+    moto_cpu_ms: float  # moto's CPU per object: upload, notification, queue, claim, GET, ...
+    function_cpu_ms: float  # the sandboxes' CPU per object (the function's own work)
 
     @property
     def breakdown(self) -> dict[str, latency.Spread]:
@@ -77,7 +79,8 @@ class LatencyRun:
             "batch_size": self.stage.batch_size, "batching_window_s": self.window_s,
             "concurrency": self.stage.max_concurrency, "batches": len(self.batch_sizes),
             "largest_batch": max(self.batch_sizes, default=0), "wall_s": round(self.wall_s, 2),
-            "moto_cpu_share": round(self.moto_busy, 3),
+            "moto_cpu_share": round(self.moto_busy, 3), "moto_cpu_ms_per_object": round(self.moto_cpu_ms, 3),
+            "function_cpu_ms_per_object": round(self.function_cpu_ms, 3),
             "first_invocation_s": [round(d, 3) for d in self.first_invocations],
             "parts": {name: row.to_json() for name, row in self.breakdown.items()},
         }
@@ -89,7 +92,8 @@ class LatencyRun:
         return (f"{self.uploaded} x 8 KiB at {self.rate:g}/s (took {self.upload_s:.1f} s), batch size "
                 f"{self.stage.batch_size}, window "
                 f"{self.window_s:g} s, {self.stage.max_concurrency} warm pollers, {len(self.batch_sizes)} "
-                f"invocations (largest {max(self.batch_sizes, default=0)}): {parts}; moto busy "
+                f"invocations (largest {max(self.batch_sizes, default=0)}): {parts}; CPU per object: moto "
+                f"{self.moto_cpu_ms:.1f} ms, the function {self.function_cpu_ms:.1f} ms; moto busy "
                 f"{self.moto_busy:.0%} of a core; each sandbox's first invocation (warm-up, not counted) "
                 + ", ".join(f"{d:.2f}" for d in self.first_invocations) + " s")
 
@@ -202,11 +206,13 @@ def measure(s3: harness.S3Server, moto: MotoServer, *, objects: int = OBJECTS, r
         first = dict(stamper.archived_by)
         warm_from = len(stamper.records)
         keys = _keys("latency", objects)
-        moto_cpu, clock = _cpu_s(moto.pid), time.monotonic()
+        sandboxes = [pid for pid in (p.sandbox.pid for p in runner.pollers) if pid is not None]
+        moto_cpu, function_cpu, clock = _cpu_s(moto.pid), sum(map(_cpu_s, sandboxes)), time.monotonic()
         _paced_upload(landing, names.landing_bucket, keys, bodies, rate=rate)
         upload_s = time.monotonic() - clock
         done = stamper.wait_for(keys, timeout=300)
         wall, moto_cpu = time.monotonic() - clock, _cpu_s(moto.pid) - moto_cpu
+        function_cpu = sum(map(_cpu_s, sandboxes)) - function_cpu
         runner.stop("measured")
         summary = runner.wait()
     missing = [key for key in keys if key not in stamper.stamps]
@@ -217,7 +223,8 @@ def measure(s3: harness.S3Server, moto: MotoServer, *, objects: int = OBJECTS, r
                       uploaded=objects,
                       upload_s=upload_s, batch_sizes=[len(r.messages) for r in stamper.records[warm_from:]],
                       first_invocations=[r.invocation.duration_s for r in first.values()],
-                      moto_busy=moto_cpu / wall, wall_s=wall)
+                      moto_busy=moto_cpu / wall, wall_s=wall, moto_cpu_ms=moto_cpu * 1000 / objects,
+                      function_cpu_ms=function_cpu * 1000 / objects)
 
 
 def test_latency_from_upload_to_archive(s3: harness.S3Server, moto: MotoServer, store: dict[str, Any]) -> None:

@@ -338,6 +338,10 @@ class EventSourceRunner:
         self._monitor.start()
         return self
 
+    @property
+    def pollers(self) -> tuple[_Poller, ...]:
+        return tuple(self._pollers)
+
     def wait_warm(self, timeout: float | None = None) -> bool:
         """Whether every poller is polling (with ``provisioned``: its init phase done) in time."""
         deadline = None if timeout is None else time.monotonic() + timeout
