@@ -40,7 +40,11 @@ computed once here (per host name for the second).
 
 moto's SQS ``delete_message`` rebuilds the queue's message list without the queue's lock
 and then assigns it back: a message that ``SendMessage`` (or an S3 notification) appends
-in between is silently lost. The delete holds the same lock as the append here.
+in between is silently lost. And ``ReceiveMessage`` checks that a message is visible and
+then marks it received with nothing held in between, so two pollers could both receive
+it (seen: 3,001 successful deletes for 3,000 messages sent by two threads while two
+others received and deleted). Delete and receive hold the same lock as the append here;
+a long poll's wait releases it (the lock is a Condition's re-entrant lock).
 
 Run as ``python -m local.moto_server -H 127.0.0.1 -p PORT`` (moto_server's own arguments).
 """
@@ -136,6 +140,11 @@ def _delete_message(self: sqs_models.Queue, receipt_handle: str) -> None:
         _queue_delete_message(self, receipt_handle)
 
 
+def _receive_message(self: sqs_models.SQSBackend, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+    with self.get_queue(queue_name)._messages_lock:
+        return _backend_receive_message(self, queue_name, *args, **kwargs)
+
+
 def _unix_time(dt: datetime | None = None) -> float:
     return time.time() if dt is None else _moto_unix_time(dt)
 
@@ -162,10 +171,12 @@ def _cached_backend_for_host(self: werkzeug_app.DomainDispatcherApplication, hos
 
 
 _queue_delete_message = sqs_models.Queue.delete_message
-backends.list_of_moto_modules = lambda: _moto_modules  # type: ignore[assignment]
+_backend_receive_message = sqs_models.SQSBackend.receive_message
+backends.list_of_moto_modules = lambda: _moto_modules
 werkzeug_app.DomainDispatcherApplication.get_backend_for_host = _cached_backend_for_host  # type: ignore[method-assign]
 notifications._get_s3_event = _s3_event
 sqs_models.Queue.delete_message = _delete_message  # type: ignore[method-assign]
+sqs_models.SQSBackend.receive_message = _receive_message  # type: ignore[method-assign]
 setattr(sqs_models, "unix_time", _unix_time)  # noqa: B010 - names moto's models imported for themselves
 setattr(sqs_models, "unix_time_millis", _unix_time_millis)  # noqa: B010
 sqs_models.SQSBackend.is_message_valid_based_on_retention_period = _retained  # type: ignore[method-assign]
