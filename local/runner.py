@@ -186,11 +186,14 @@ class _Poller(threading.Thread):
         self._carry: list[dict[str, Any]] = []
         self._received_at: dict[str, float] = {}  # receipt handle -> when ReceiveMessage returned it
         self.warm = threading.Event()  # set once polling starts (after the init phase, when provisioned)
+        self.warmup: Invocation | None = None  # the warm-up invocation's outcome, when there was one
 
     def run(self) -> None:
         try:
             if self.runner.provisioned:
                 self.sandbox.prewarm()
+            if self.runner.warmup is not None:
+                self.warmup = self.sandbox.invoke(self.runner.warmup(self.index))
             self.warm.set()
             while not self.runner.stopping.is_set():
                 batch = self._collect()
@@ -290,9 +293,12 @@ class EventSourceRunner:
     def __init__(self, sqs: Any, mapping: MappingConfig, function: FunctionConfig, *, concurrency: int = 1,
                  stop: StopPolicy = StopPolicy(), log_path: Path | None = None,
                  on_invocation: Callable[[InvocationRecord], None] | None = None,
-                 monitor_interval_s: float = 0.5, provisioned: bool = False) -> None:
+                 monitor_interval_s: float = 0.5, provisioned: bool = False,
+                 warmup: Callable[[int], Mapping[str, Any]] | None = None) -> None:
         """``provisioned``: each poller's sandbox runs its init phase before the first poll,
-        as with provisioned concurrency; by default the first invocation is a cold start."""
+        as with provisioned concurrency; by default the first invocation is a cold start.
+        ``warmup(poller index)``: an event each sandbox is invoked with once before the first
+        poll, outside the queue and the records (a benchmark's warm-up invocation)."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.sqs = sqs
@@ -304,6 +310,7 @@ class EventSourceRunner:
         self.on_invocation = on_invocation
         self.monitor_interval_s = monitor_interval_s
         self.provisioned = provisioned
+        self.warmup = warmup
         self.stopping = threading.Event()
         self._armed = threading.Event()
         self._lock = threading.Lock()
