@@ -101,6 +101,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                     "datetime": datetime.now(UTC).isoformat(timespec="seconds"), "targets": STORE["gate"]}
         if STORE.get("cost"):
             document["cost"] = STORE["cost"]  # benchmarks.cost: the bill, line by line
+        if STORE.get("latency"):
+            document["latency"] = STORE["latency"].to_json()  # benchmarks.test_latency: the wait, part by part
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(document, indent=2) + "\n")
 

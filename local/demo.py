@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from local import stack
+from local import latency, stack
 from local.dataset import FileSpec, plan
 from local.runner import EventSourceRunner, InvocationRecord, MappingConfig, RunSummary, StopPolicy
 from local.sandbox import FunctionConfig
@@ -72,6 +72,7 @@ class DemoResult:
     verification: Verification | None
     timings: dict[str, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # upload -> acknowledged, seconds
+    breakdown: dict[str, latency.Spread] = field(default_factory=dict)  # the wait, part by part (local.latency)
     settings: dict[str, Any] = field(default_factory=dict)
     server_pids: list[int] = field(default_factory=list)  # the stack's processes, for "nothing left running"
     queue_left: int = 0
@@ -98,6 +99,7 @@ class _Tracker:
         self._wanted = duplicates
         self.bar = bar
         self.first_ack: dict[str, float] = {}
+        self.stamps: dict[str, latency.Stamps] = {}  # key -> its way to the archive, at its first acknowledgement
         self.resend: list[str] = []
         self.enough = threading.Event()
         self.failing = 0
@@ -120,6 +122,10 @@ class _Tracker:
                     continue
                 for ref in parsed.objects:
                     self.first_ack.setdefault(ref.key, record.finished)
+                    if ref.key not in self.stamps and ref.event_time is not None and message.sent is not None:
+                        self.stamps[ref.key] = latency.Stamps(
+                            uploaded=ref.event_time.timestamp(), sent=message.sent, invoked=record.invoked,
+                            handler_start=record.handler_start, end=record.ended)
                 if parsed.objects and len(self.resend) < self._wanted and message.receive_count == 1:
                     self.resend.append(message.body)
             if len(self.resend) >= self._wanted:
@@ -212,6 +218,7 @@ def _run(options: DemoOptions, state: stack.StackState, result: DemoResult, tqdm
     timings["ingest"] = last_ack - first_upload
     result.latencies = [tracker.first_ack[key] - upload.uploaded_at for key, upload in result.uploads.items()
                         if key in tracker.first_ack]
+    result.breakdown = latency.breakdown(tracker.stamps[key] for key in result.uploads if key in tracker.stamps)
     say(f"run ended ({summary.stop_reason}) after {summary.finished - summary.started:.1f} s; verifying")
 
     for label, url in (("queue", resources["queue_url"]), ("dlq", resources["dlq_url"])):
@@ -280,12 +287,6 @@ def _first(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
 def format_report(options: DemoOptions, result: DemoResult) -> str:
     summary, verification = result.summary, result.verification
     assert summary is not None and verification is not None
@@ -313,8 +314,13 @@ def format_report(options: DemoOptions, result: DemoResult) -> str:
         if ingest > 0 else "  throughput          -",
     ]
     if result.latencies:
-        lines.append(f"  upload -> archived  p50 {_percentile(result.latencies, 50):.2f} s, "
-                     f"p99 {_percentile(result.latencies, 99):.2f} s, max {max(result.latencies):.2f} s")
+        lines.append(f"  upload -> archived  p50 {latency.percentile(result.latencies, 50):.2f} s, "
+                     f"p99 {latency.percentile(result.latencies, 99):.2f} s, max {max(result.latencies):.2f} s "
+                     "(client's upload to the runner's deletes)")
+    if result.breakdown:
+        lines.append(f"  the wait, split     S3 eventTime -> SentTimestamp -> poller invokes -> handler -> response "
+                     f"({result.breakdown[latency.TOTAL].count} objects)")
+        lines += latency.table_lines(result.breakdown, indent="    ")
     lines += [
         f"  invocations         {len(summary.records)} on {result.settings.get('concurrency')} pollers: "
         + ", ".join(f"{count} {name}" for name, count in sorted(outcomes.items()))

@@ -70,11 +70,19 @@ class StopPolicy:
 
 @dataclass(frozen=True)
 class Delivered:
-    """One message as one invocation saw it."""
+    """One message as one invocation saw it, with when it reached the queue and the poller.
+
+    ``sent`` and ``first_received`` are SQS's ``SentTimestamp`` and
+    ``ApproximateFirstReceiveTimestamp`` (epoch seconds, millisecond resolution);
+    ``received`` is when this poller's ReceiveMessage returned it (this machine's clock).
+    """
 
     message_id: str
     body: str
     receive_count: int
+    sent: float | None = None
+    first_received: float | None = None
+    received: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,18 @@ class InvocationRecord:
     finished: float  # epoch seconds, after the deletes
     response_problem: str | None = None  # why a returned response failed the whole batch
     delete_failures: int = 0
+    # When the poller, its batch complete, called the function (epoch seconds). On a cold
+    # start the init phase runs between this and ``invocation.started``; warm, they agree.
+    invoked: float = 0.0
+
+    @property
+    def handler_start(self) -> float:
+        return self.invocation.started
+
+    @property
+    def ended(self) -> float:
+        """When the function's response (or its failure) came back."""
+        return self.invocation.started + self.invocation.duration_s
 
 
 @dataclass
@@ -150,6 +170,11 @@ def interpret_response(ids: Sequence[str], invocation: Invocation, *,
     return everything - failed, failed, None
 
 
+def _epoch_ms(value: str | None) -> float | None:
+    """An SQS timestamp attribute (epoch milliseconds, as a string) in epoch seconds."""
+    return int(value) / 1000 if value else None
+
+
 class _Poller(threading.Thread):
     def __init__(self, index: int, runner: EventSourceRunner) -> None:
         super().__init__(name=f"poller-{index}", daemon=True)
@@ -159,9 +184,17 @@ class _Poller(threading.Thread):
         self.sandbox = Sandbox(runner.function, runner.sink, label=f"sandbox-{index}")
         self.busy = False  # holding a batch: the run is not idle
         self._carry: list[dict[str, Any]] = []
+        self._received_at: dict[str, float] = {}  # receipt handle -> when ReceiveMessage returned it
+        self.warm = threading.Event()  # set once polling starts (after the init phase, when provisioned)
+        self.warmup: Invocation | None = None  # the warm-up invocation's outcome, when there was one
 
     def run(self) -> None:
         try:
+            if self.runner.provisioned:
+                self.sandbox.prewarm()
+            if self.runner.warmup is not None:
+                self.warmup = self.sandbox.invoke(self.runner.warmup(self.index))
+            self.warm.set()
             while not self.runner.stopping.is_set():
                 batch = self._collect()
                 if batch:
@@ -178,7 +211,11 @@ class _Poller(threading.Thread):
             MessageSystemAttributeNames=sqs_event.SYSTEM_ATTRIBUTES,
             MessageAttributeNames=sqs_event.MESSAGE_ATTRIBUTES,
         )
-        return list(response.get("Messages", []))
+        received = time.time()
+        messages = list(response.get("Messages", []))
+        for message in messages:
+            self._received_at[message["ReceiptHandle"]] = received
+        return messages
 
     def _collect(self) -> list[dict[str, Any]]:
         records, self._carry = self._carry, []
@@ -214,6 +251,7 @@ class _Poller(threading.Thread):
         return records
 
     def _invoke(self, records: list[dict[str, Any]]) -> None:
+        invoked = time.time()
         invocation = self.sandbox.invoke(sqs_event.event(records))
         ids = [r["messageId"] for r in records]
         acked, failed, problem = interpret_response(
@@ -222,15 +260,22 @@ class _Poller(threading.Thread):
         record = InvocationRecord(
             poller=self.index,
             invocation=invocation,
-            messages=tuple(Delivered(r["messageId"], r["body"], int(r["attributes"].get("ApproximateReceiveCount", 0)))
-                           for r in records),
+            messages=tuple(self._delivered(r) for r in records),
             acked=tuple(i for i in ids if i in acked),
             failed=tuple(i for i in ids if i in failed),
             finished=time.time(),
             response_problem=problem,
             delete_failures=delete_failures,
+            invoked=invoked,
         )
         self.runner.record(record)
+
+    def _delivered(self, entry: Mapping[str, Any]) -> Delivered:
+        attributes = entry["attributes"]
+        return Delivered(entry["messageId"], entry["body"], int(attributes.get("ApproximateReceiveCount", 0)),
+                         sent=_epoch_ms(attributes.get("SentTimestamp")),
+                         first_received=_epoch_ms(attributes.get("ApproximateFirstReceiveTimestamp")),
+                         received=self._received_at.pop(entry["receiptHandle"], None))
 
     def _delete_acked(self, records: list[dict[str, Any]]) -> int:
         failures = 0
@@ -248,7 +293,12 @@ class EventSourceRunner:
     def __init__(self, sqs: Any, mapping: MappingConfig, function: FunctionConfig, *, concurrency: int = 1,
                  stop: StopPolicy = StopPolicy(), log_path: Path | None = None,
                  on_invocation: Callable[[InvocationRecord], None] | None = None,
-                 monitor_interval_s: float = 0.5) -> None:
+                 monitor_interval_s: float = 0.5, provisioned: bool = False,
+                 warmup: Callable[[int], Mapping[str, Any]] | None = None) -> None:
+        """``provisioned``: each poller's sandbox runs its init phase before the first poll,
+        as with provisioned concurrency; by default the first invocation is a cold start.
+        ``warmup(poller index)``: an event each sandbox is invoked with once before the first
+        poll, outside the queue and the records (a benchmark's warm-up invocation)."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.sqs = sqs
@@ -259,6 +309,8 @@ class EventSourceRunner:
         self.sink = LogSink(log_path)
         self.on_invocation = on_invocation
         self.monitor_interval_s = monitor_interval_s
+        self.provisioned = provisioned
+        self.warmup = warmup
         self.stopping = threading.Event()
         self._armed = threading.Event()
         self._lock = threading.Lock()
@@ -292,6 +344,16 @@ class EventSourceRunner:
         self._monitor = threading.Thread(target=self._watch, name="monitor", daemon=True)
         self._monitor.start()
         return self
+
+    @property
+    def pollers(self) -> tuple[_Poller, ...]:
+        return tuple(self._pollers)
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Whether every poller is polling (with ``provisioned``: its init phase done) in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return all(p.warm.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                   for p in self._pollers)
 
     def arm(self) -> None:
         """Let the run stop once the queue stays empty (the producer is done)."""

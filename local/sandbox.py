@@ -257,6 +257,19 @@ class Sandbox:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
 
+    @property
+    def pid(self) -> int | None:
+        """The environment's process while it runs (for measuring its CPU from outside)."""
+        return self._process.pid if self._alive() and self._process is not None else None
+
+    def prewarm(self) -> Invocation | None:
+        """Run the init phase now, before any event, as provisioned concurrency does; an
+        Invocation when init failed (the next invoke then starts a new environment)."""
+        if self._alive():
+            return None
+        self.kill()
+        return self._start()
+
     # -- invocations -----------------------------------------------------------------
     def invoke(self, event: Mapping[str, Any]) -> Invocation:
         cold = not self._alive()

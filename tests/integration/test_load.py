@@ -87,14 +87,16 @@ class Resender:
 
 
 def moto_style_notification(bucket: str, obj: Uploaded) -> str:
-    """The body moto's S3 sends for this upload (no versionId, no sequencer): a true duplicate."""
+    """The body our moto's S3 sends for this upload, less its sequencer (the versionId, which
+    local/moto_server.py adds as S3 does, names the version): a true duplicate."""
+    version = {"versionId": obj.version_id} if obj.version_id else {}
     return json.dumps({"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "eu-west-2", "eventName": "ObjectCreated:Put",
         # Now: an event older than the claim TTL would be refused as stale, not deduplicated.
         "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
         "s3": {"s3SchemaVersion": "1.0", "configurationId": "aggregator-ingest",
                "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-               "object": {"key": quote_plus(obj.key), "size": len(obj.body), "eTag": obj.etag}}}]})
+               "object": {"key": quote_plus(obj.key), "size": len(obj.body), "eTag": obj.etag, **version}}}]})
 
 
 def run_load(load: Load, tmp_path: Path, say: Callable[[str], None] = print) -> None:
