@@ -208,7 +208,8 @@ def test_a_tampered_archive_in_minio_fails_verify(landing: Landing, capsys: pyte
 
 def test_a_versioned_object_notified_without_its_version_id_is_found(landing: Landing,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """moto's S3 notifications carry no versionId: the claim is keyed by eTag and sequencer."""
+    """A notification without a versionId (older moto sent none for a versioned object): the
+    claim is keyed by eTag and sequencer, and reconcile still finds it archived."""
     land = landing
     obj = upload(land.world.s3, land.bucket, "moto style.bin", b"no version id in the event")
     assert obj.version_id
