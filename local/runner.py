@@ -12,6 +12,12 @@ Each poller (``concurrency`` of them, one warm sandbox each) does what Lambda's 
    reported no failures, every message but the ``batchItemFailures`` otherwise, none
    when it raised, crashed, timed out or returned a malformed failure list.
 
+Steps 1-2 and 3-4 overlap, as in Lambda, where the pollers are not the function's
+instances and outnumber ``maximumConcurrency``: while the sandbox runs one batch, its
+poller already gathers the next (one batch ahead at most), which is invoked as soon as the
+sandbox is free. A poller that gathered only after each invocation would make every
+message that arrived meanwhile wait for that invocation plus a whole batching window.
+
 Nothing is done to messages that were not deleted: they reappear when their visibility
 timeout ends, with a higher ApproximateReceiveCount, and the queue's redrive policy
 moves them to the DLQ after ``maxReceiveCount`` receives, exactly as in AWS.
@@ -24,6 +30,7 @@ held back (``start(armed=False)`` then ``arm()``) while a producer is still send
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections import Counter
@@ -182,8 +189,12 @@ class _Poller(threading.Thread):
         self.runner = runner
         self.mapping = runner.mapping
         self.sandbox = Sandbox(runner.function, runner.sink, label=f"sandbox-{index}")
-        self.busy = False  # holding a batch: the run is not idle
+        self._gathering = False  # holding received messages not yet handed to the sandbox
         self._carry: list[dict[str, Any]] = []
+        # The sandbox is free (1) or running a batch (0); a gathered batch waits for it here.
+        self._sandbox_free = threading.Semaphore(1)
+        self._invoking = False
+        self._handoff: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=1)
         self._received_at: dict[str, float] = {}  # receipt handle -> when ReceiveMessage returned it
         self.warm = threading.Event()  # set once polling starts (after the init phase, when provisioned)
         self.warmup: Invocation | None = None  # the warm-up invocation's outcome, when there was one
@@ -195,15 +206,48 @@ class _Poller(threading.Thread):
             if self.runner.warmup is not None:
                 self.warmup = self.sandbox.invoke(self.runner.warmup(self.index))
             self.warm.set()
-            while not self.runner.stopping.is_set():
-                batch = self._collect()
-                if batch:
-                    self._invoke(batch)
-                self.busy = bool(self._carry)
         except Exception as e:  # a poller that cannot go on stops the run, loudly
             self.runner.fail(f"{self.name}: {e.__class__.__name__}: {e}")
-        finally:
             self.sandbox.close()
+            return
+        invoker = threading.Thread(target=self._invoke_handed_off, name=f"{self.name}-invoke", daemon=True)
+        invoker.start()
+        try:
+            while not self.runner.stopping.is_set():
+                batch = self._collect()
+                if batch and self._wait_for_the_sandbox():
+                    self._invoking = True
+                    self._handoff.put(batch)
+                # Not invoked when the run stops first: those messages come back after their
+                # visibility timeout, as with any poller that goes away.
+                self._gathering = bool(self._carry)
+        except Exception as e:
+            self.runner.fail(f"{self.name}: {e.__class__.__name__}: {e}")
+        finally:
+            self._handoff.put(None)
+            invoker.join()
+            self.sandbox.close()
+
+    @property
+    def busy(self) -> bool:
+        """Holding a batch, gathering or in the sandbox: the run is not idle."""
+        return self._gathering or self._invoking
+
+    def _wait_for_the_sandbox(self) -> bool:
+        while not self._sandbox_free.acquire(timeout=0.1):
+            if self.runner.stopping.is_set():
+                return False
+        return True
+
+    def _invoke_handed_off(self) -> None:
+        while (batch := self._handoff.get()) is not None:
+            try:
+                self._invoke(batch)
+            except Exception as e:
+                self.runner.fail(f"{self.name}: {e.__class__.__name__}: {e}")
+            finally:
+                self._invoking = False
+                self._sandbox_free.release()
 
     def _receive(self, *, count: int, wait: int) -> list[dict[str, Any]]:
         response = self.runner.sqs.receive_message(
@@ -227,7 +271,7 @@ class _Poller(threading.Thread):
                 messages = self._receive(count=wanted, wait=self.mapping.poll_wait_s)
                 if not messages:
                     return []
-                self.busy = True
+                self._gathering = True
                 window_end = time.monotonic() + self.mapping.batching_window_s
             else:
                 remaining = window_end - time.monotonic()

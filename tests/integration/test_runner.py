@@ -57,6 +57,8 @@ STANDIN = textwrap.dedent('''
                 raise RuntimeError("asked to raise")
             elif ask["do"] == "bad_response":
                 return {"batchItemFailures": [{"itemIdentifier": "not-in-this-batch"}]}
+            elif ask["do"] == "sleep":
+                time.sleep(ask["s"])
             elif ask["do"] == "hang":
                 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
                 _log({"grandchild": child.pid})
@@ -291,6 +293,22 @@ def test_pollers_invoke_concurrently(make_queues: Callable[..., Queues], run: Ca
     assert len({r.poller for r in result.summary.records}) > 1
     assert len({call["pid"] for call in result.calls}) > 1  # one sandbox per poller
     assert queues.depth() == 0
+
+
+def test_the_next_batch_is_gathered_while_the_sandbox_runs_one(make_queues: Callable[..., Queues],
+                                                              run: Callable[..., Run]) -> None:
+    queues = make_queues()
+    queues.send({"do": "sleep", "s": 1}, {"do": "sleep", "s": 1})
+
+    result = run(queues, batch_size=1, window=0, concurrency=1)
+
+    first, second = sorted(result.summary.records, key=lambda record: record.invoked)
+    assert result.summary.messages_acked == 2 and len(result.calls) == 2
+    assert second.invoked >= first.ended  # one sandbox: one invocation at a time
+    (waiting,) = second.messages
+    # ...but the poller received the second message while the first invocation ran, so
+    # it did not wait for that invocation to end before its own batching began.
+    assert waiting.received is not None and waiting.received < first.ended
 
 
 def test_each_objects_wait_splits_into_parts_that_add_up(moto_server: MotoServer, make_queues: Callable[..., Queues],
