@@ -5,8 +5,8 @@ Why not the boto3 client: the claim store sends a few large requests per batch
 serialises and parses each item by walking the service model in Python: measured here,
 ~0.2 ms of client CPU per object for claim + check + commit, a third of the whole handler's
 budget. The items are already in DynamoDB's wire format (``{"S": ...}``), so this client
-sends them as they are: ``json.dumps``, SigV4 (botocore's signer, with the session's
-credentials and their refresh), one POST on a urllib3 keep-alive pool, ``json.loads``.
+sends them as they are: ``json.dumps``, SigV4 (:mod:`aggregator.sdk.sigv4`, with the
+session's credentials and their refresh), one POST on a urllib3 keep-alive pool, ``json.loads``.
 
 It answers like the boto3 client for the operations the claim store uses: the same
 method names and keyword arguments, the same response dicts, and failures raised as
@@ -32,8 +32,6 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import urllib3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -46,6 +44,7 @@ from botocore.exceptions import (
 from urllib3 import exceptions as urllib3_errors
 
 from aggregator.sdk.crthttp import Proxies
+from aggregator.sdk.sigv4 import JsonPostSigner
 
 _TARGET_PREFIX = "DynamoDB_20120810."
 _CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -92,7 +91,8 @@ class DynamoDBJsonClient:
             self._pool = self._proxy.connection_from_url(self._url)
         else:
             self._pool = urllib3.connection_from_url(self._url, **pool_options)
-        self._user_agent = user_agent
+        self._signer = JsonPostSigner(url=self._url, region=region, service="dynamodb", content_type=_CONTENT_TYPE,
+                                      user_agent=user_agent)
 
     # The operations the claim store uses, named and called as on the boto3 client.
     def transact_write_items(self, **params: Any) -> dict[str, Any]:
@@ -141,11 +141,9 @@ class DynamoDBJsonClient:
     def _signed_headers(self, operation: str, body: bytes) -> dict[str, str]:
         if self._credentials is None:
             raise NoCredentialsError()
-        request = AWSRequest(method="POST", url=self._url, data=body, headers={
-            "Content-Type": _CONTENT_TYPE, "X-Amz-Target": _TARGET_PREFIX + operation,
-            "User-Agent": self._user_agent})
-        SigV4Auth(self._credentials.get_frozen_credentials(), "dynamodb", self.region).add_auth(request)
-        return dict(request.headers.items())
+        frozen = self._credentials.get_frozen_credentials()
+        return self._signer.headers(target=_TARGET_PREFIX + operation, body=body, access_key=frozen.access_key,
+                                    secret_key=frozen.secret_key, token=frozen.token)
 
 
 def _answer(operation: str, status: int, headers: Any, data: bytes) -> dict[str, Any]:
