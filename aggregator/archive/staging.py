@@ -53,8 +53,11 @@ class StagedBody:
 
 
 def stage(chunks: Iterable[bytes], *, size: int, directory: str, name: str = "body",
-          free_space: Callable[[str], int] = free_bytes) -> StagedBody:
+          free_space: Callable[[str], int] = free_bytes, too_late: Callable[[], bool] | None = None) -> StagedBody:
     """Copy ``chunks`` (``size`` bytes declared) into a temporary file in ``directory``.
+
+    ``too_late`` is asked after each chunk: once it says yes, the body is given up
+    (:class:`FetchError`) and the rest of it is never read.
 
     Raises, with nothing left on disk: :class:`OutOfSpace` when ``directory`` cannot hold
     ``size`` more bytes, :class:`FetchError` when the body gives more or fewer bytes than
@@ -73,6 +76,9 @@ def stage(chunks: Iterable[bytes], *, size: int, directory: str, name: str = "bo
                 raise FetchError(f"{name}: body runs past its declared {size} bytes")
             digest.update(chunk)
             file.write(chunk)
+            if too_late is not None and received < size and too_late():
+                raise FetchError(f"{name}: given up after {received} of {size} bytes: its upload would end "
+                                 f"past the deadline")
         if received != size:
             raise FetchError(f"{name}: body ends after {received} of its declared {size} bytes")
         file.flush()

@@ -90,7 +90,7 @@ def fetch_into(writer: ArchiveWriter, refs: list[ObjectRef], *, ids: dict[Object
     timer = threading.Timer(max(0.0, stop_at - clock()), time_is_up)
     timer.daemon = True
     timer.start()
-    recorder = Recorder(writer, spool=spool, tally=tally, log=log, cancel=cancel)
+    recorder = Recorder(writer, spool=spool, tally=tally, log=log, cancel=cancel, clock=clock, stop_at=stop_at)
     try:
         try:
             with fetch(refs, source=source, workers=settings.max_fetch_workers,
@@ -126,12 +126,19 @@ class Recorder:
     that breaks on every retry, a cancel (the deadline), a size that does not match or a full
     disk fails that object alone (:mod:`aggregator.archive.staging`).
 
+    A large body is also given up, alone, once the upload of what is archived plus that
+    body would end past ``stop_at``: a slow body then leaves the others their time to be
+    published, rather than holding them until the deadline timer fires.
+
     ``finish`` archives the last large body received; ``close`` frees whatever is left (an
     archive given up). Raises only when the archive must be abandoned (``writer.broken``).
     """
 
     def __init__(self, writer: ArchiveWriter, *, spool: ArchiveSpool, tally: Tally, log: Logger,
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, clock: Callable[[], float] | None = None,
+                 stop_at: float = math.inf) -> None:
+        self._clock = clock
+        self._stop_at = stop_at
         self._writer = writer
         self._spool = spool
         self._tally = tally
@@ -149,7 +156,7 @@ class Recorder:
         if not isinstance(item, Streamed):
             _record(item, oid=oid, writer=self._writer, tally=self._tally, log=self._log)
             return
-        staging = _Staging(item, oid=oid, spool=self._spool)
+        staging = _Staging(item, oid=oid, spool=self._spool, too_late=self._too_late(item.head.size))
         try:
             self._archive_ready()
         except BaseException:
@@ -163,6 +170,13 @@ class Recorder:
 
     def finish(self) -> None:
         self._archive_ready()
+
+    def _too_late(self, size: int) -> Callable[[], bool] | None:
+        clock, stop_at, writer = self._clock, self._stop_at, self._writer
+        if clock is None or stop_at == math.inf:
+            return None
+        # Read from the staging thread: stored_bytes only grows; a stale read is one member behind at most.
+        return lambda: clock() + (writer.stored_bytes + size) / UPLOAD_BYTES_PER_SECOND > stop_at
 
     def close(self) -> None:
         ready, self._ready = self._ready, None
@@ -206,10 +220,12 @@ class _Staging:
     """One large body received whole into its staging file on a helper thread, which
     touches only that file and the body's stream; the tar writer stays with the caller."""
 
-    def __init__(self, item: Streamed, *, oid: str, spool: ArchiveSpool) -> None:
+    def __init__(self, item: Streamed, *, oid: str, spool: ArchiveSpool,
+                 too_late: Callable[[], bool] | None = None) -> None:
         self.item = item
         self.oid = oid
         self._spool = spool
+        self._too_late = too_late
         self._body: StagedBody | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="stage-body", daemon=True)
@@ -219,7 +235,8 @@ class _Staging:
         ref, head = self.item.ref, self.item.head
         try:
             self._body = stage(self.item.chunks, size=head.size, directory=self._spool.directory,
-                               free_space=self._spool.free_space, name=f"{ref.bucket}/{ref.key}")
+                               free_space=self._spool.free_space, name=f"{ref.bucket}/{ref.key}",
+                               too_late=self._too_late)
         except BaseException as e:  # handed to the writer's thread by received()
             self._error = e
 
@@ -302,22 +319,32 @@ def admit(refs: list[ObjectRef], *, capacity: int, seconds: float = math.inf) ->
     The disk holds the archive and, while they are staged, the two largest large bodies a
     second time (one being received while the one before is archived): all are counted. A
     ref that does not fit is skipped, and later ones may still fit.
+
+    One ref whose estimate alone exceeds ``seconds`` is still tried, last and outside the
+    others' time: rejecting it would reject it on every delivery until the DLQ, while the
+    estimate is conservative and a body the deadline cuts fails alone.
     """
     admission = Admission()
     total = 0
     staged: list[int] = []  # the two largest large bodies admitted so far
     time_needed = 0.0
+    long_shot: ObjectRef | None = None
     for ref in refs:
         size = ref.size or 0
         largest = sorted([*staged, size], reverse=True)[:2] if _is_large(ref) else staged
         needs = expected_seconds(ref)
         if total + size + sum(largest) > capacity:
             admission.no_room.append(ref)
-        elif time_needed + needs > seconds:
+        elif time_needed + needs > seconds and (needs <= seconds or long_shot is not None):
             admission.no_time.append(ref)
         else:
-            admission.admitted.append(ref)
             total += size
             staged = largest
-            time_needed += needs
+            if needs > seconds:
+                long_shot = ref
+            else:
+                admission.admitted.append(ref)
+                time_needed += needs
+    if long_shot is not None:  # fetched last: large refs come after small ones, in this order
+        admission.admitted.append(long_shot)
     return admission

@@ -42,6 +42,17 @@ def test_admission_counts_the_time_a_large_body_needs() -> None:
     admission = admit(refs, capacity=PLENTY, seconds=one * 1.5)
     assert [r.key for r in admission.admitted] == ["l1", "s"]  # a later small one still fits
     assert [r.key for r in admission.no_time] == ["l2"] and admission.no_room == []
-    assert admit(refs, capacity=PLENTY, seconds=one * 0.9).admitted == [refs[2]]
     assert admit(refs, capacity=PLENTY).admitted == refs  # no time limit given
+
+
+def test_one_object_too_slow_for_any_batch_is_still_tried_last() -> None:
+    # Rejected for time on every delivery, it would only ever reach the DLQ; tried last and
+    # outside the others' budget, it costs nobody else their place (and fails alone if cut).
+    one = expected_seconds(ref("l", LARGE))
+    refs = [ref("huge1", 4 * LARGE), ref("l1", LARGE), ref("huge2", 4 * LARGE), ref("s", 1000)]
+    admission = admit(refs, capacity=PLENTY, seconds=one * 1.5)
+    assert [r.key for r in admission.admitted] == ["l1", "s", "huge1"]
+    assert [r.key for r in admission.no_time] == ["huge2"]  # one long shot per batch
+    assert [r.key for r in admit(refs[:1], capacity=PLENTY, seconds=one).admitted] == ["huge1"]
+    assert admit(refs[:1], capacity=4 * LARGE, seconds=one).no_room == refs[:1]  # the disk still rules
 

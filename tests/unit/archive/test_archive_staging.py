@@ -95,3 +95,20 @@ def test_a_staged_body_whose_size_is_not_its_heads_is_refused_and_the_writer_goe
         with pytest.raises(FetchError):
             writer.add_staged(ref, head, body)
         assert not writer.broken and writer.object_count == 0
+
+
+def test_a_body_whose_upload_would_end_too_late_is_given_up_without_reading_the_rest(tmp_path: Path) -> None:
+    read: list[int] = []
+
+    def counted() -> Iterator[bytes]:
+        for chunk in pieces(BODY):
+            read.append(len(chunk))
+            yield chunk
+
+    asked = iter([False, False, True])
+    before = open_fds()
+    with pytest.raises(FetchError, match="given up after 196608 of 1048576 bytes"):
+        stage(counted(), size=len(BODY), directory=str(tmp_path), free_space=lambda _: PLENTY,
+              too_late=lambda: next(asked))
+    assert len(read) == 3  # the body's stream is left to its owner, unread past that
+    assert open_fds() == before and list(tmp_path.iterdir()) == []
