@@ -17,6 +17,8 @@ import hmac
 from datetime import UTC, datetime
 from urllib.parse import SplitResult, quote, urlsplit
 
+from botocore.utils import normalize_url_path
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -27,7 +29,7 @@ class JsonPostSigner:
     def __init__(self, *, url: str, region: str, service: str, content_type: str, user_agent: str) -> None:
         parts = urlsplit(url)
         self._host = _canonical_host(parts)
-        self._path = quote(parts.path or "/", safe="/~")
+        self._path = quote(normalize_url_path(parts.path or "/"), safe="/~")
         self._region = region
         self._service = service
         self._content_type = content_type
@@ -68,7 +70,11 @@ class JsonPostSigner:
 
 
 def _canonical_host(parts: SplitResult) -> str:
-    """The host header as signed: without the scheme's default port, without user info."""
-    if parts.port is not None and _DEFAULT_PORTS.get(parts.scheme) == parts.port:
-        return parts.hostname or ""
-    return parts.netloc.rpartition("@")[2]
+    """The Host header as the HTTP client sends it and SigV4 signs it: the host in lower
+    case (an IPv6 address in brackets), with its port unless it is the scheme's default."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and _DEFAULT_PORTS.get(parts.scheme) != parts.port:
+        host = f"{host}:{parts.port}"
+    return host

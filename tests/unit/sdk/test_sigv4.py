@@ -25,7 +25,8 @@ def botocore_headers(url: str, credentials: Credentials, *, region: str, target:
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8000/", "https://dynamodb.eu-west-2.amazonaws.com/",
                                  "https://dynamodb.eu-west-2.amazonaws.com:443/", "http://localhost:80/",
-                                 "https://vpce.example.internal:8443/prefix/"])
+                                 "https://vpce.example.internal:8443/prefix/", "http://LocalHost:8000/",
+                                 "https://[::1]:443/", "http://[::1]:8000/", "http://h:8000/a//b/./c"])
 @pytest.mark.parametrize("token", [None, "FwoGZXIvYXdzEJr//////////wEaDGtva2VuIHdpdGggc2xhc2hlcw=="])
 def test_headers_match_botocores_signer(url: str, token: str | None) -> None:
     credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
