@@ -89,6 +89,11 @@ _loader_lock = threading.Lock()
 _loader: botocore.loaders.Loader | None = None
 
 
+_gc_pause_lock = threading.Lock()
+_gc_pauses = 0  # clients being built now; the collector is restored when the last one ends
+_gc_was_enabled = True
+
+
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
     """The cyclic garbage collector paused while a client is built.
@@ -96,15 +101,22 @@ def _no_cyclic_gc() -> Iterator[None]:
     Building one allocates tens of thousands of long-lived objects (models, rulesets,
     handlers); each allocation burst runs collections that walk every object alive, which
     made up ~40 % of the first invocation's set-up (benchmarks/test_cold_start.py). Nothing
-    is lost: cycles made meanwhile are collected by the next collection after it.
+    is lost: cycles made meanwhile are collected by the next collection after it. Counted,
+    so that two threads building clients at once cannot leave it off.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    global _gc_pauses, _gc_was_enabled
+    with _gc_pause_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _gc_pause_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def _session(*, region: str | None = None) -> boto3.session.Session:

@@ -64,6 +64,6 @@ class PickledJSONFileLoader(JSONFileLoader):
                 recorded, data = pickle.loads(handle.read())
             with open(source_path, "rb") as handle:
                 source = handle.read()
-        except (OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError):
+        except Exception:  # a damaged pickle of any kind: botocore reads the JSON itself
             return None
         return data if recorded == stamp(source) else None

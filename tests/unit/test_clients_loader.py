@@ -68,3 +68,18 @@ def test_building_a_client_leaves_the_garbage_collector_as_it_found_it() -> None
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_overlapping_pauses_restore_the_collector_when_the_last_ends() -> None:
+    # Two threads building clients at once: the first to finish must not turn the collector
+    # on under the other, and the last must not leave it off.
+    import gc
+
+    assert gc.isenabled()
+    first, second = clients._no_cyclic_gc(), clients._no_cyclic_gc()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
