@@ -234,15 +234,20 @@ class _Poller(threading.Thread):
         return self._gathering or self._invoking
 
     def _wait_for_the_sandbox(self) -> bool:
+        """Whether the sandbox is ours for the next batch (never once the run stops)."""
         while not self._sandbox_free.acquire(timeout=0.1):
             if self.runner.stopping.is_set():
                 return False
+        if self.runner.stopping.is_set():
+            self._sandbox_free.release()
+            return False
         return True
 
     def _invoke_handed_off(self) -> None:
         while (batch := self._handoff.get()) is not None:
             try:
-                self._invoke(batch)
+                if not self.runner.stopping.is_set():  # aborted meanwhile: no fresh sandbox
+                    self._invoke(batch)
             except Exception as e:
                 self.runner.fail(f"{self.name}: {e.__class__.__name__}: {e}")
             finally:
