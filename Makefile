@@ -28,7 +28,7 @@ demo: package
 # assume the cores are theirs.
 PYTEST = $(PY) -m pytest -q -p no:cacheprovider
 UNIT = -n auto tests/unit
-REST = --ignore=tests/unit
+REST = --ignore=tests/unit --durations=15
 
 # The tests, then the quick benchmarks as a regression gate (ratios and CPU per object,
 # never wall times). CI runs exactly this.
