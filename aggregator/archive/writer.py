@@ -16,6 +16,7 @@ Only one thread may use a writer (house rule 4): nothing here is locked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ class ArchiveWriter:
             raise FetchError(f"{ref.bucket}/{ref.key}: body has {len(item.body)} bytes, its head says {head.size}")
         member = self._names.assign(ref.bucket, ref.key)
         mtime = int(head.last_modified.timestamp())
-        try:
+        with self._writing_member(ref):
             if isinstance(item, Fetched):
                 body = item.body
                 sha256 = hashlib.sha256(body).hexdigest()
@@ -123,12 +124,6 @@ class ArchiveWriter:
                 except SizeMismatch as e:
                     raise FetchError(f"{ref.bucket}/{ref.key}: {e}") from e
                 sha256 = digest.hexdigest()
-        except BaseException as e:
-            if self._tar.broken:
-                self._abandon("broken")
-            elif isinstance(e, UnicodeEncodeError):
-                raise UnarchivableKey(f"key {ref.key!r} in {ref.bucket} cannot be a tar member name: {e.reason}") from e
-            raise
         return self._entry(ref, head, member=member, sha256=sha256)
 
     def add_staged(self, ref: ObjectRef, head: ObjectHead, body: StagedBody) -> ManifestEntry:
@@ -143,15 +138,22 @@ class ArchiveWriter:
         if body.size != head.size:
             raise FetchError(f"{ref.bucket}/{ref.key}: staged {body.size} bytes, its head says {head.size}")
         member = self._names.assign(ref.bucket, ref.key)
-        try:
+        with self._writing_member(ref):
             self._tar.add(member, size=head.size, mtime=int(head.last_modified.timestamp()), chunks=body.chunks())
+        return self._entry(ref, head, member=member, sha256=body.sha256)
+
+    @contextlib.contextmanager
+    def _writing_member(self, ref: ObjectRef) -> Iterator[None]:
+        """One member's failures mapped once: a half-written member abandons the archive; a
+        name tar cannot encode is the object's own fault (nothing was written)."""
+        try:
+            yield
         except BaseException as e:
             if self._tar.broken:
                 self._abandon("broken")
             elif isinstance(e, UnicodeEncodeError):
                 raise UnarchivableKey(f"key {ref.key!r} in {ref.bucket} cannot be a tar member name: {e.reason}") from e
             raise
-        return self._entry(ref, head, member=member, sha256=body.sha256)
 
     def _entry(self, ref: ObjectRef, head: ObjectHead, *, member: str, sha256: str) -> ManifestEntry:
         entry = ManifestEntry(
