@@ -1,0 +1,63 @@
+"""Contract review (CONTRACT.md section 5): keys S3 accepts whose member names GNU tar and
+bsdtar cannot extract. Each xfail quotes the sentence the code misses."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from aggregator.archive import ArchiveWriter
+from aggregator.base.events import ObjectRef
+from aggregator.base.objects import Fetched, ObjectHead
+
+CREATED_AT = datetime(2026, 12, 6, 18, 0, 0, tzinfo=UTC)
+
+
+def _tar_of(objects: list[tuple[str, bytes]]) -> bytes:
+    sink = io.BytesIO()
+    writer = ArchiveWriter(sink, codec="none", archive_id="20261206T180000Z-review", created_at=CREATED_AT)
+    for key, body in objects:
+        etag = hashlib.md5(body).hexdigest()
+        ref = ObjectRef(bucket="src", key=key, size=len(body), etag=etag, version_id=None, sequencer="01")
+        writer.add(Fetched(ref=ref, head=ObjectHead(len(body), CREATED_AT, etag, None), body=body))
+    writer.finish()
+    return sink.getvalue()
+
+
+# S3 takes any UTF-8 key up to 1,024 bytes, so one segment may be longer than the 255 bytes
+# a Linux, macOS or Windows file name can hold; escaping can make a short one that long.
+LONG_KEYS = {
+    "plain-300": "logs/" + "x" * 300 + ".json",
+    "escaped-to-300": "logs/" + "\x01" * 100,
+}
+
+
+@pytest.mark.xfail(strict=True, reason="contract: 'every member extracts with GNU tar and bsdtar' "
+                                       "(a key segment over 255 bytes, as S3 allows, stays one member segment)")
+@pytest.mark.parametrize("tool", ["tar", "bsdtar"])
+@pytest.mark.parametrize("case", sorted(LONG_KEYS))
+def test_a_key_with_a_segment_longer_than_a_file_name_still_extracts(tmp_path: Path, tool: str, case: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    body = b"payload"
+    data = _tar_of([(LONG_KEYS[case], body), ("short.txt", b"ok")])
+    done = subprocess.run([tool, "-x", "-f", "-", "-C", str(tmp_path)], input=data, capture_output=True,
+                          check=False)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[:300]
+    assert sorted(p.read_bytes() for p in files) == sorted([body, b"ok", _manifest(data)])
+
+
+def _manifest(data: bytes) -> bytes:
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile("MANIFEST.json")
+        assert member is not None
+        return member.read()

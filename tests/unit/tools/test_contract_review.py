@@ -1,0 +1,47 @@
+"""Contract review (CONTRACT.md section 9): operator commands on archives that differ from
+what the writer produced. Each xfail names the sentence it shows the code misses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aggregator.tools.__main__ import main
+from tests.unit.tools.conftest import build
+
+OBJECTS = [("src", "a.txt", b"alpha " * 100), ("src", "dir/b.bin", bytes(range(256)) * 40)]
+
+
+@pytest.mark.xfail(strict=True, reason="contract: 'A corrupt, truncated or tampered archive exits `1`' "
+                                       "(an uncompressed .tar cut inside its end-of-archive record passes)")
+@pytest.mark.parametrize("command", ["verify", "extract"])
+def test_an_uncompressed_archive_missing_its_last_bytes_is_truncated(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    command: str) -> None:
+    path = build(tmp_path, OBJECTS, codec="none")
+    data = path.read_bytes()
+    assert len(data) % 10240 == 0  # the writer pads to a whole record: anything shorter was cut
+    path.write_bytes(data[:-100])
+    argv = [command, str(path)] + ([str(tmp_path / "out")] if command == "extract" else [])
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert status == 1
+
+
+@pytest.mark.xfail(strict=True, reason="contract section 3: 'endpoint_url (required, http or https)' "
+                                       "(an http:// MinIO is refused with ENVIRONMENT=prod unless MINIO_ALLOW_HTTP)")
+def test_an_http_minio_endpoint_is_accepted_in_every_environment() -> None:
+    import json
+
+    from aggregator.base.settings import Settings
+    from aggregator.delivery.secret import MinioSecret
+
+    secret = json.dumps({"endpoint_url": "http://minio.internal:9000", "access_key": "a", "secret_key": "b",
+                         "bucket": "archives"})
+    for environment in ("dev", "staging", "prod"):
+        settings = Settings.from_env({"IDEMPOTENCY_TABLE_NAME": "t", "MINIO_SECRET_ID": "s",
+                                      "ENVIRONMENT": environment})
+        # The composition lambda_app.build_dependencies uses.
+        assert MinioSecret.from_json(secret, allow_http=settings.minio_http_allowed).endpoint_url.startswith("http:")
