@@ -4,6 +4,7 @@ on main does not follow. Each xfail quotes its sentence."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -113,3 +114,36 @@ def test_nothing_is_written_outside_the_archive_prefix(scene: Scene) -> None:
     assert len(_bucket_keys(scene, scene.prefix + "/")) == 1
     outside = [key for key in _bucket_keys(scene, "") if scene.prefix in key and not key.startswith(scene.prefix + "/")]
     assert outside == []
+
+
+@pytest.mark.xfail(strict=True, reason="contract section 6: an event older than the claim TTL 'is never archived "
+                                       "blindly ... the README says how an operator archives it deliberately' "
+                                       "(the README's reconcile + backfill runbook reports an object whose claim "
+                                       "expired as never_claimed and backfill archives it a second time)")
+def test_the_stale_event_runbook_does_not_archive_an_archived_object_again(
+        scene: Scene, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import boto3
+
+    from aggregator.tools.__main__ import main
+    from tests.support.s3events import REGION
+
+    obj = upload(scene.world.s3, scene.bucket, "in/old.bin", b"old" * 100)
+    assert _invoke(sqs_event(messages([notification(obj)])), remaining_ms=60_000) == {"batchItemFailures": []}
+    assert len(_bucket_keys(scene, scene.prefix + "/")) == 1
+    # Fifteen days later DynamoDB's TTL has deleted the claim; the event sits in the DLQ.
+    for object_id in scene.world.claims(scene.table):
+        scene.world.dynamodb.delete_item(TableName=scene.table, Key={"ObjectID": {"S": object_id}})
+    # The README's runbook: reconcile the keys, backfill what is never_claimed.
+    report = tmp_path / "r.jsonl"
+    reconciled = main(["reconcile", "--bucket", scene.bucket, "--prefix", "in/", "--report", str(report)])
+    sqs = boto3.client("sqs", endpoint_url=scene.world.moto_url, region_name=REGION)
+    queue_url = sqs.create_queue(QueueName=f"ingest-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    assert main(["backfill", "--report", str(report), "--queue-url", queue_url, "--apply"]) == 0
+    received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+    if received:
+        batch = messages([m["Body"] for m in received], ids=[m["MessageId"] for m in received])
+        assert _invoke(sqs_event(batch), remaining_ms=60_000) == {"batchItemFailures": []}
+    capsys.readouterr()
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len(_bucket_keys(scene, scene.prefix + "/")) == 1, "the object is now in two archives"
+    assert [line["state"] for line in lines] == ["archived"] and reconciled == 0
