@@ -4,7 +4,9 @@ on main does not follow. Each xfail quotes its sentence."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ class Context:
     aws_request_id: str = ""
     function_name: str = "aggregator"
     invoked_function_arn: str = "arn:aws:lambda:eu-west-2:123456789012:function:aggregator"
-    memory_limit_in_mb: str = "1024"
+    memory_limit_in_mb: int | str = "1024"
 
     def __post_init__(self) -> None:
         self.aws_request_id = str(uuid.uuid4())
@@ -147,3 +149,30 @@ def test_the_stale_event_runbook_does_not_archive_an_archived_object_again(
     lines = [json.loads(line) for line in report.read_text().splitlines()]
     assert len(_bucket_keys(scene, scene.prefix + "/")) == 1, "the object is now in two archives"
     assert [line["state"] for line in lines] == ["archived"] and reconciled == 0
+
+
+@pytest.mark.xfail(strict=True, reason="contract section 6: a stale event's 'message fails with one log line saying "
+                                       "why and the StaleEvents metric' (one line per stale record, not per message)")
+def test_a_stale_message_with_two_records_fails_with_one_log_line(scene: Scene, capfd: pytest.CaptureFixture[str]
+                                                                   ) -> None:
+    objs = [upload(scene.world.s3, scene.bucket, f"in/stale-{i}.bin", b"stale" * 10) for i in range(2)]
+    body = json.loads(notification(*objs))
+    for record in body["Records"]:
+        record["eventTime"] = "2020-01-01T00:00:00.000Z"  # older than the 15-day claim TTL
+    batch = messages([json.dumps(body)])
+    capfd.readouterr()
+    log = io.StringIO()  # the service logger's stream was bound when it was built, at import
+    handler = lambda_app.logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    old = handler.setStream(log)
+    try:
+        response = _invoke(sqs_event(batch), remaining_ms=60_000)
+    finally:
+        handler.setStream(old)
+    assert response == {"batchItemFailures": [{"itemIdentifier": batch[0].message_id}]}
+    captured = capfd.readouterr()
+    lines = [json.loads(line) for line in (captured.out + log.getvalue()).splitlines() if line.startswith("{")]
+    metrics = [line for line in lines if "_aws" in line]
+    assert metrics and all(line.get("StaleEvents") for line in metrics), metrics
+    why = [line for line in lines if "older than the claim TTL" in str(line.get("message", ""))]
+    assert len(why) == 1, why
