@@ -61,3 +61,16 @@ def _manifest(data: bytes) -> bytes:
         member = tar.extractfile("MANIFEST.json")
         assert member is not None
         return member.read()
+
+
+@pytest.mark.xfail(strict=True, reason="contract section 5: member names must be safe to extract on 'macOS or "
+                                       "Windows' (their default file systems ignore case: 'Report.csv' and "
+                                       "'report.csv' extract to one file, the second overwriting the first)")
+def test_keys_differing_only_in_case_get_names_distinct_on_case_insensitive_file_systems() -> None:
+    from aggregator.base.names import MemberNames
+
+    names = MemberNames()
+    members = [names.assign("src", key) for key in ("data/Report.csv", "data/report.csv", "Data/x", "data/y")]
+    folded = [name.casefold() for name in members]
+    assert len(set(folded)) == len(folded)
+    # Folders too: "Data/" and "data/" are one folder there, which is harmless only if no file collides.
