@@ -45,3 +45,23 @@ def test_an_http_minio_endpoint_is_accepted_in_every_environment() -> None:
                                       "ENVIRONMENT": environment})
         # The composition lambda_app.build_dependencies uses.
         assert MinioSecret.from_json(secret, allow_http=settings.minio_http_allowed).endpoint_url.startswith("http:")
+
+
+@pytest.mark.xfail(strict=True, reason="contract: 'A corrupt, truncated or tampered archive exits `1`' (a changed "
+                                       "byte in a member's block padding of an uncompressed .tar is not noticed: "
+                                       "the writer pads with zeros, the reader never looks)")
+@pytest.mark.parametrize("command", ["verify", "extract"])
+def test_a_changed_byte_in_an_uncompressed_archives_padding_is_tampering(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str],
+                                                                          command: str) -> None:
+    path = build(tmp_path, OBJECTS, codec="none")
+    data = bytearray(path.read_bytes())
+    first_size = len(OBJECTS[0][2])  # 600 bytes: its data ends inside its second block
+    position = 512 + first_size + 10  # after the header block and the data: padding
+    assert data[position] == 0
+    data[position] = 0x41
+    path.write_bytes(bytes(data))
+    argv = [command, str(path)] + ([str(tmp_path / "out")] if command == "extract" else [])
+    status = main(argv)
+    assert "Traceback" not in capsys.readouterr().err
+    assert status == 1
