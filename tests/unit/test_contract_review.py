@@ -1,0 +1,39 @@
+"""Contract review (CONTRACT.md section 1): the handler's return value. No sockets: the
+batch below never reaches a service."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from aggregator import lambda_app
+
+
+@dataclass
+class Context:
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_name: str = "aggregator"
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-2:123456789012:function:aggregator"
+    memory_limit_in_mb: int | str = "1024"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@pytest.fixture
+def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name, value in {"IDEMPOTENCY_TABLE_NAME": "claims", "MINIO_SECRET_ID": "minio", "USE_MOTO": "true",
+                        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "ENVIRONMENT": "dev"}.items():
+        monkeypatch.setenv(name, value)
+    lambda_app.warm_dependencies.cache_clear()
+    yield
+    lambda_app.warm_dependencies.cache_clear()
+
+
+@pytest.mark.xfail(strict=True, reason="contract section 1: 'Return value: the SQS partial-batch response' "
+                                       "(an SQS event with no records raises Powertools' UnexpectedBatchTypeError)")
+def test_an_empty_batch_returns_an_empty_partial_batch_response(configured: None) -> None:
+    assert lambda_app.handler({"Records": []}, Context()) == {"batchItemFailures": []}
