@@ -90,6 +90,7 @@ def test_a_completed_claims_expiry_is_the_commit_time_plus_the_ttl(scene: Scene)
     assert -30 <= off <= 5, f"ExpiresAt - TTL is {off:+.0f} s from the commit"
 
 
+@pytest.mark.slow  # waits for the first lease to end (~4 s): make test-full only
 @pytest.mark.xfail(strict=True, reason="contract section 6: 'A redelivered event (same identity) is a duplicate' "
                                        "(once the archive is gone from MinIO, e.g. moved by the consumer, a redelivery "
                                        "after the lease archives the object again)")
