@@ -65,3 +65,41 @@ def test_a_changed_byte_in_an_uncompressed_archives_padding_is_tampering(tmp_pat
     status = main(argv)
     assert "Traceback" not in capsys.readouterr().err
     assert status == 1
+
+
+@pytest.mark.xfail(strict=True, reason="contract: backfill sends 'at most N messages a second' (with --rate 15 "
+                                       "it sends 10 at once and 10 more 0.67 s later: 20 within one second)")
+def test_backfill_never_sends_more_than_the_rate_within_any_second(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from typing import Any
+
+    from aggregator.tools import backfill
+    from aggregator.tools.common import Environment
+
+    now = [1000.0]
+    sent: list[tuple[float, int]] = []
+
+    class FakeSqs:
+        def send_message_batch(self, *, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+            sent.append((now[0], len(Entries)))
+            return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    class FakeClockLimiter(backfill.RateLimiter):
+        def __init__(self, rate: float) -> None:
+            super().__init__(rate, clock=lambda: now[0], sleep=sleep)
+
+    monkeypatch.setattr(backfill, "RateLimiter", FakeClockLimiter)
+    monkeypatch.setattr("aggregator.tools.backfill.time.monotonic", lambda: now[0])
+    monkeypatch.setattr(Environment, "sqs", lambda self: FakeSqs())
+    report = tmp_path / "r.jsonl"
+    report.write_text("".join(json.dumps({"bucket": "src", "key": f"k{i}", "version_id": None, "etag": f"e{i}",
+                                          "state": "never_claimed", "archive": None, "size": 1}) + "\n"
+                              for i in range(45)))
+    assert main(["backfill", "--report", str(report), "--queue-url", "http://q", "--apply", "--rate", "15"]) == 0
+    assert sum(n for _, n in sent) == 45
+    busiest = max(sum(n for t, n in sent if start <= t < start + 1.0) for start, _ in sent)
+    assert busiest <= 15, f"{busiest} messages sent within one second: {sent}"
