@@ -1,6 +1,6 @@
-"""Client factories: the only module that imports boto3. Nothing is built at import time.
+"""Client factories: the only module that builds SDK clients. Nothing is built at import time.
 
-AWS clients (DynamoDB, Secrets Manager, the source S3) come from one session and take
+AWS clients (DynamoDB, Secrets Manager, the source S3) come from one botocore session and take
 everything the standard SDK way: ``AWS_REGION``, credentials and the endpoint overrides
 (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3`` ...) are honoured and never overridden, so no
 ``endpoint_url`` is passed for them. Only timeouts, retries and pool size are set here.
@@ -33,6 +33,12 @@ MinIO client's own session parsed S3's model and endpoints.json a second time in
 invocation (~60 ms of a cold start). The loader holds no configuration or credentials.
 It reads the pickles that the packaging step makes of the JSON files a first invocation
 parses, when they match their source (:mod:`aggregator.sdk.models`, ~35 ms).
+
+Sessions are botocore's, not boto3's: a boto3 session registers boto3's client
+customisations (S3's transfer methods, DynamoDB's high-level interface ...), which import
+s3transfer and boto3.dynamodb when the first client is built (~7 ms of a cold start, measured
+by benchmarks/test_cold_start.py) for methods nothing here calls. The factories accept a
+boto3 session as well (its botocore session builds the client).
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import botocore
 import botocore.loaders
 import botocore.session
@@ -55,9 +60,8 @@ from botocore.config import Config
 from botocore.httpsession import get_cert_path
 
 from aggregator.claims.dynamodb import DynamoDBJsonClient
-from aggregator.sdk import botocore_private, endpoints
+from aggregator.sdk import botocore_private, endpoints, models
 from aggregator.sdk.crthttp import Proxies
-from aggregator.sdk.models import PickledJSONFileLoader
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb.client import DynamoDBClient
@@ -86,7 +90,7 @@ _SECRET_VALUE_MARKERS = ("SecretString", "SecretBinary")
 
 
 _loader_lock = threading.Lock()
-_loader: botocore.loaders.Loader | None = None
+_loader: models.ServiceDataLoader | None = None
 
 
 _gc_pause_lock = threading.Lock()
@@ -119,28 +123,32 @@ def _no_cyclic_gc() -> Iterator[None]:
                 gc.enable()
 
 
-def _session(*, region: str | None = None) -> boto3.session.Session:
+def _session(*, region: str | None = None) -> botocore.session.Session:
     """A new session (its own configuration and credentials) on the shared data loader."""
     global _loader
     with _no_cyclic_gc(), _loader_lock:
-        core = botocore.session.get_session()
+        session = botocore.session.get_session()
         if _loader is None:
-            _loader = botocore.loaders.create_loader(core.get_config_variable("data_path"))
-            _loader.file_loader = PickledJSONFileLoader()
-        core.register_component("data_loader", _loader)
-        session = boto3.session.Session(botocore_session=core, region_name=region)
-        # Each boto3 session appends its resource models' folder to the loader's search path.
-        _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+            _loader = models.create_loader(session.get_config_variable("data_path"))
+        session.register_component("data_loader", _loader)
+        if region:
+            session.set_config_variable("region", region)
     return session
 
 
-def aws_session(*, region: str | None = None) -> boto3.session.Session:
+def aws_session(*, region: str | None = None) -> botocore.session.Session:
     """A session resolved from the environment. Build clients from it on one thread.
 
     ``region`` is the environment's own AWS_REGION (Settings.aws_region): botocore reads
     only AWS_DEFAULT_REGION, and Lambda sets both, but a plain ``AWS_REGION=...`` must work too.
     """
     return _session(region=region)
+
+
+def _client(session: Any, service: str, **kwargs: Any) -> Any:
+    """``service``'s client from ``session`` (botocore's, or the one under a boto3 session)."""
+    with _no_cyclic_gc():
+        return botocore_private.botocore_session(session).create_client(service, **kwargs)
 
 
 def _aws_config(*, max_pool: int) -> Config:
@@ -152,12 +160,12 @@ def _aws_config(*, max_pool: int) -> Config:
     )
 
 
-def dynamodb_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBClient:
-    with _no_cyclic_gc():
-        return session.client("dynamodb", config=_aws_config(max_pool=max_pool))
+def dynamodb_client(session: Any, *, max_pool: int = 10) -> DynamoDBClient:
+    client: DynamoDBClient = _client(session, "dynamodb", config=_aws_config(max_pool=max_pool))
+    return client
 
 
-def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> DynamoDBJsonClient:
+def claims_client(session: Any, *, max_pool: int = 10) -> DynamoDBJsonClient:
     """The claim store's DynamoDB client (see :mod:`aggregator.claims.dynamodb` for why not boto3's).
 
     The endpoint is the one botocore's endpoint ruleset gives a boto3 client of the same
@@ -166,8 +174,7 @@ def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> Dyna
     client verifies with (``AWS_CA_BUNDLE``, the config file's ``ca_bundle``, or the SDK's
     default), and the proxies the ones it would use (``HTTPS_PROXY`` / ``NO_PROXY``).
     """
-    with _no_cyclic_gc():
-        resolved = session.client("dynamodb", config=_aws_config(max_pool=1))
+    resolved = _client(session, "dynamodb", config=_aws_config(max_pool=1))
     verify = botocore_private.client_verify(resolved)
     return DynamoDBJsonClient(
         endpoint_url=endpoints.service_url(resolved, "PutItem"), region=resolved.meta.region_name,
@@ -176,16 +183,16 @@ def claims_client(session: boto3.session.Session, *, max_pool: int = 10) -> Dyna
         user_agent=f"aggregator-claims botocore/{botocore.__version__}", proxies=Proxies.from_client(resolved))
 
 
-def secretsmanager_client(session: boto3.session.Session) -> SecretsManagerClient:
+def secretsmanager_client(session: Any) -> SecretsManagerClient:
     _redactor.install()
-    with _no_cyclic_gc():
-        return session.client("secretsmanager", config=_aws_config(max_pool=2))
+    client: SecretsManagerClient = _client(session, "secretsmanager", config=_aws_config(max_pool=2))
+    return client
 
 
-def source_s3_client(session: boto3.session.Session, *, max_pool: int) -> S3Client:
+def source_s3_client(session: Any, *, max_pool: int) -> S3Client:
     """The client for the GETs; ``max_pool`` must cover the fetch concurrency."""
-    with _no_cyclic_gc():
-        return session.client("s3", config=_aws_config(max_pool=max_pool))
+    client: S3Client = _client(session, "s3", config=_aws_config(max_pool=max_pool))
+    return client
 
 
 def minio_client(secret: MinioSecret, *, max_pool: int = 10,
@@ -209,17 +216,18 @@ def minio_client(secret: MinioSecret, *, max_pool: int = 10,
     if secret.uses_tls and secret.ca_bundle:
         verify = ca_bundle_path(secret.ca_bundle)
     # A fresh session: the default one may carry a profile's or role's credentials.
-    with _no_cyclic_gc():
-        return _session().client(
-            "s3",
-            endpoint_url=secret.endpoint_url,
-            region_name=secret.region,
-            aws_access_key_id=secret.access_key,
-            aws_secret_access_key=secret.secret_key,
-            aws_session_token=None,
-            verify=verify,
-            config=config,
-        )
+    client: S3Client = _client(
+        _session(),
+        "s3",
+        endpoint_url=secret.endpoint_url,
+        region_name=secret.region,
+        aws_access_key_id=secret.access_key,
+        aws_secret_access_key=secret.secret_key,
+        aws_session_token=None,
+        verify=verify,
+        config=config,
+    )
+    return client
 
 
 _ca_lock = threading.Lock()
@@ -286,7 +294,6 @@ class _RedactSecrets(logging.Filter):
 _redactor = _RedactSecrets()
 
 
-def sqs_client(session: boto3.session.Session) -> Any:
+def sqs_client(session: Any) -> Any:
     """The ingest queue's client, for the operator tools' backfill (``AWS_ENDPOINT_URL_SQS`` honoured)."""
-    with _no_cyclic_gc():
-        return session.client("sqs", config=_aws_config(max_pool=2))
+    return _client(session, "sqs", config=_aws_config(max_pool=2))

@@ -3,7 +3,8 @@
 botocore has no public way to (1) ask a client for the endpoint its ruleset gives one
 request without sending it, (2) read a client's credentials (sessions have
 ``get_credentials()``; a client does not), (3) read the trust store a client verifies
-with, or (4) read a botocore session's config variables through a boto3 session. Each
+with, (4) read a botocore session's config variables through a boto3 session, or (5) add
+a model's ``*-extras`` files as botocore's data loader does when it loads the model. Each
 is reached here, by one function each, and ``tests/unit/sdk/test_botocore_private.py``
 fails by name when a botocore upgrade removes one of them.
 """
@@ -23,6 +24,8 @@ RELIED_ON = (
     ("botocore.client.BaseClient", "_endpoint"),
     ("botocore.endpoint.Endpoint", "http_session"),
     ("botocore.httpsession.URLLib3Session", "_verify"),
+    ("botocore.loaders.Loader", "_find_extras"),
+    ("botocore.loaders.Loader", "_extras_processor"),
 )
 
 
@@ -55,3 +58,10 @@ def client_verify(client: Any) -> bool | str:
 def botocore_session(session: Any) -> Any:
     """The botocore session under a boto3 session (a botocore session passes through)."""
     return getattr(session, "_session", session)
+
+
+def add_model_extras(loader: Any, model: dict[str, Any], *, service_name: str, type_name: str,
+                     api_version: str) -> None:
+    """Merge into ``model`` the ``*-extras`` files that ``loader`` has for it, as botocore's
+    ``Loader.load_service_model`` does."""
+    loader._extras_processor.process(model, loader._find_extras(service_name, type_name, api_version))

@@ -51,7 +51,7 @@ def test_many_sessions_leave_one_entry_per_search_path() -> None:
         clients.aws_session()
         clients.minio_client(MinioSecret(endpoint_url="http://127.0.0.1:9", access_key="abcd", secret_key="efgh",
                                          bucket="b"))
-    paths = clients.aws_session()._session.get_component("data_loader").search_paths
+    paths = clients.aws_session().get_component("data_loader").search_paths
     assert len(paths) == len(set(paths))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 import boto3
+import botocore.loaders
 import pytest
 
 from aggregator.sdk import botocore_private
@@ -31,6 +32,7 @@ def test_each_private_attribute_still_exists(owner: str, attribute: str) -> None
         "Session": boto3.session.Session(region_name="eu-west-2"),
         "Endpoint": client._endpoint,  # type: ignore[attr-defined]
         "URLLib3Session": client._endpoint.http_session,  # type: ignore[attr-defined]
+        "Loader": botocore.loaders.Loader(),
     }
     instance = instances[class_name]
     assert isinstance(instance, cls)
