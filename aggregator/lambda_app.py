@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from aggregator import clients
 from aggregator.base.deadline import Deadline
+from aggregator.base.errors import ConfigError, RetryableError
 from aggregator.base.settings import Settings
 from aggregator.claims.store import ClaimStore
 from aggregator.delivery.publish import MinioTarget
@@ -128,11 +129,16 @@ def _handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any
     try:
         deps = warm_dependencies()
         records = _records(event)
+        if records:
+            _require_minio_secret(deps)
     except Exception as e:
         # Refused before anything is written (configuration, clients, event shape):
         # say why in a JSON line of our own, not only in the runtime's traceback.
         logger.error("invocation refused", extra={"error": str(e), "error_type": type(e).__name__})
         raise
+    if not records:
+        # Powertools refuses an event without records; the answer to nothing is no failure.
+        return {"batchItemFailures": []}
     try:
         outcome = _run(records, deps=deps, context=context)
     except Exception:
@@ -156,6 +162,25 @@ def _handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any
 
 
 handler = tracer.capture_lambda_handler(_handler, capture_response=False) if tracer else _handler
+
+
+def _require_minio_secret(deps: Dependencies) -> None:
+    """The MinIO secret, read before anything is written.
+
+    A MINIO_SECRET_ID that names no secret this function may read, or a secret that is not
+    a valid MinIO secret, fails the invocation here with one error naming the variable,
+    not after the claims and the GETs. The provider keeps the secret five minutes, so a warm
+    invocation sends nothing. Secrets Manager not answering now is the publish's to meet:
+    it asks again and, failing, reports the batch for a retry.
+    """
+    try:
+        deps.target.ready()
+    except ConfigError as e:
+        raise ConfigError(f"MINIO_SECRET_ID ({deps.settings.minio_secret_id!r}) must name a Secrets Manager secret "
+                          "this function may read, holding the MinIO JSON object (endpoint_url, access_key, "
+                          f"secret_key, bucket): {e}") from e
+    except RetryableError:
+        pass
 
 
 def _records(event: Any) -> list[dict[str, Any]]:

@@ -50,10 +50,8 @@ class Context:
     def get_remaining_time_in_millis(self):
         return 60000
 
-try:
-    handler.handler({"Records": []}, Context())
-except Exception:
-    pass  # an empty batch is refused after the set-up has run; the set-up is what is timed
+# An empty batch: the set-up runs in full, then the answer is no failure, nothing sent.
+assert handler.handler({"Records": []}, Context()) == {"batchItemFailures": []}
 print(time.perf_counter() - t0)
 """
 BASELINE = """

@@ -7,8 +7,12 @@ One item per object, written once by one conditional PutItem (1 write unit):
 * ``ArchiveKey`` (S): the one archive the owner may publish the object in;
 * ``LeaseUntil`` (N, epoch seconds with ms): the owner's deadline plus the lease grace
   (:mod:`aggregator.base.deadline`); until then nobody else may touch the claim;
-* ``ExpiresAt`` (N, epoch seconds, the table's TTL attribute): ``LeaseUntil`` + ttl, so at
-  least the publish time + ttl.
+* ``ExpiresAt`` (N, epoch seconds, the table's TTL attribute): the claim's write time + ttl.
+  There is no commit write to stamp the commit time on (below), and the write time is the
+  closest the one write can know: the commit follows within the invocation, seconds later.
+  The stale-event rule needs no more: an event younger than the ttl names an object whose
+  claim, written after the event, has not expired. The ttl outlives the longest lease
+  (``Settings``), so TTL never deletes a live claim.
 
 There is no "completed" write. Whether the object was archived is a fact about MinIO, not
 about the table: once the lease has ended, the archive named by ``ArchiveKey`` either exists
@@ -26,7 +30,7 @@ finishes late). So the claim records *where to look*, and the first later delive
 
 Timeline of invocation A (owner A, deadline D, grace g, planned archive key a)::
 
-    t0     PutItem {Owner=A, ArchiveKey=a, LeaseUntil=D+g, ExpiresAt=D+g+ttl}
+    t0     PutItem {Owner=A, ArchiveKey=a, LeaseUntil=D+g, ExpiresAt=t0+ttl}
            if attribute_not_exists(ObjectID), ReturnValuesOnConditionCheckFailure=ALL_OLD:
            the failure returns the holder, so one request settles each object:
              holder is A (our own earlier write whose answer was lost) -> claimed
@@ -221,7 +225,7 @@ class ClaimStore:
         if not owner or not archive_key:
             raise ValueError("owner and archive_key must not be empty")
         item = {"Owner": {"S": owner}, "ArchiveKey": {"S": archive_key},
-                "LeaseUntil": {"N": f"{lease_until:.3f}"}, "ExpiresAt": {"N": str(int(lease_until) + self._ttl)}}
+                "LeaseUntil": {"N": f"{lease_until:.3f}"}, "ExpiresAt": {"N": str(int(self._clock()) + self._ttl)}}
         result = ClaimResult()
         settled = self._map(lambda pair: self._settle(pair[0], pair[1], item=item, owner=owner),
                             list(expected.items()), collect_errors=True)

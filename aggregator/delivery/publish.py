@@ -476,6 +476,12 @@ class MinioTarget:
                 publication = attempt(fresh, client)
         return publication
 
+    def ready(self) -> MinioSecret:
+        """The current secret (read, or cached) with its client built. Raises
+        :class:`ConfigError` when the secret is absent, unreadable or invalid, and
+        :class:`RetryableError` when Secrets Manager did not answer."""
+        return self._current()[0]
+
     def listing(self, key: str) -> dict[str, Any] | None:
         """The manifest of the archive ``key``, or None when the archive does not exist.
 

@@ -43,6 +43,15 @@ class SecretUnavailable(DeliveryError):
     """Secrets Manager could not return the MinIO secret (retryable: nothing was written)."""
 
 
+class SecretRefused(ConfigError):
+    """Secrets Manager says the MinIO secret does not exist or may not be read: asking
+    again gives the same answer until someone fixes the secret, its id or the role."""
+
+
+# Secrets Manager's answers that are about the id or the role, not about the moment.
+_REFUSED_CODES = frozenset({"ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure"})
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class MinioSecret:
     """Where and how to deliver archives. Equal secrets build interchangeable clients."""
@@ -213,9 +222,10 @@ class MinioSecretProvider:
             value = self._powertools.get(self._secret_id, max_age=0, force_fetch=True)
         except GetParameterError as e:
             # Powertools wraps the SDK error; its code (never a secret value) is on __context__.
-            raise SecretUnavailable(
-                f"could not read the MinIO secret {self._secret_id!r}: {_sdk_error_code(e)}"
-            ) from e
+            code = _sdk_error_code(e)
+            if code in _REFUSED_CODES:
+                raise SecretRefused(f"Secrets Manager refuses the MinIO secret {self._secret_id!r}: {code}") from e
+            raise SecretUnavailable(f"could not read the MinIO secret {self._secret_id!r}: {code}") from e
         if not isinstance(value, str | bytes):
             raise ConfigError("MinIO secret has neither a SecretString nor a SecretBinary")
         return value

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 # Publish needs the write margin left to start, plus the release round trip.
 _MIN_RESERVE_SECONDS = 1.0
 _MAX_CLAIM_KEY_BYTES = 2048  # DynamoDB's partition key limit
+_LOGGED_OBJECTS = 10  # objects named in one log line; the count says how many more
 
 
 class Target(Protocol):
@@ -46,6 +47,8 @@ class Target(Protocol):
                 part_bytes: int, deadline: Deadline | None = None) -> Publication: ...
 
     def listing(self, key: str) -> dict[str, Any] | None: ...
+
+    def ready(self) -> object: ...
 
     def open_object(self, key: str) -> BinaryIO | None: ...
 
@@ -151,11 +154,17 @@ class Batch:
         oldest = self._deps.clock() - self._settings.idempotency_ttl_seconds
         stale = [oid for oid, ref in self._refs.items()
                  if ref.event_time is not None and ref.event_time.timestamp() < oldest]
+        by_message: defaultdict[str, list[ObjectRef]] = defaultdict(list)
         for oid in stale:
             ref = self._refs.pop(oid)
+            for message_id in sorted(self._messages_of[oid]):
+                by_message[message_id].append(ref)
+        for message_id, refs in by_message.items():  # one line per failed message, saying why
+            named = [{"bucket": ref.bucket, "key": ref.key} for ref in refs[:_LOGGED_OBJECTS]]
+            oldest_event = min(ref.event_time for ref in refs if ref.event_time is not None)
             self._log.error("event older than the claim TTL refused; see the README's runbook for stale events",
-                            extra={"bucket": ref.bucket, "key": ref.key, "event_time": ref.event_time.isoformat()
-                                   if ref.event_time else None})
+                            extra={"message_id": message_id, "stale_objects": len(refs), "objects": named,
+                                   "oldest_event_time": oldest_event.isoformat()})
         self.report.counts["StaleEvents"] += len(stale)
         self._fail(stale)
 

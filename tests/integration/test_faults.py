@@ -116,7 +116,7 @@ class Cell:
     fault: str
     step: str
     arrange: Callable[[Live], None]
-    first: str  # all | none | faulty | partial | killed | timeout
+    first: str  # all | none | faulty | partial | killed | timeout | refused (raised, nothing written)
     at_once: str  # all | busy: what an immediate redelivery of the failed messages gets
     objects: int = 8
     big: tuple[int, ...] = ()
@@ -230,6 +230,8 @@ def _check_first(cell: Cell, live: Live, first: InvocationResult, ids: list[str]
                        if any((b, k) in faulty_keys for b, k in _named(m.body))}
     if cell.first in ("killed", "timeout"):
         ok = first.outcome == cell.first
+    elif cell.first == "refused":  # the invocation raised before anything was written
+        ok = first.outcome == "error" and not live.batch.scan().archives
     elif first.outcome != "ok":
         ok = False
     elif cell.first == "all":
@@ -378,9 +380,10 @@ CELLS = [
     Cell("DynamoDB", "condition fails: a dead invocation's expired claim", "claim (takeover)", _expired_claim,
          "all", "all"),
     # Secrets Manager, the MinIO secret
-    Cell("Secrets Manager", "access denied", "publish (secret)",
+    # The role may not read the secret: a configuration error, raised before any claim.
+    Cell("Secrets Manager", "access denied", "start (secret)",
          _proxy("aws", operation("GetSecretValue"), json_error(400, "AccessDeniedException", service=SECRETS)),
-         "none", "all", ci=True),
+         "refused", "all", ci=True),
     Cell("Secrets Manager", "503 on the first 2 calls", "publish (secret)",
          _proxy("aws", operation("GetSecretValue"), json_error(503, "ServiceUnavailable", service=SECRETS),
                 times=2), "all", "all"),

@@ -33,7 +33,5 @@ def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     lambda_app.warm_dependencies.cache_clear()
 
 
-@pytest.mark.xfail(strict=True, reason="contract section 1: 'Return value: the SQS partial-batch response' "
-                                       "(an SQS event with no records raises Powertools' UnexpectedBatchTypeError)")
 def test_an_empty_batch_returns_an_empty_partial_batch_response(configured: None) -> None:
     assert lambda_app.handler({"Records": []}, Context()) == {"batchItemFailures": []}

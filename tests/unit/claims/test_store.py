@@ -89,7 +89,7 @@ def test_absent_to_held_writes_every_attribute_in_one_put_each(store: ClaimStore
         assert item["Owner"] == "A"
         assert item["LeaseUntil"] == pytest.approx(T0 + 12.345, abs=1e-6)
         assert item["ArchiveKey"] == "archives/a.tar.zst"
-        assert item["ExpiresAt"] == int(T0 + 12.345) + TTL  # whole seconds, as TTL wants
+        assert item["ExpiresAt"] == int(T0) + TTL  # the write time, in whole seconds as TTL wants
         assert "State" not in item  # no state: whether it is archived is MinIO's to say
     assert store.calls == 3  # one PutItem per object, nothing else
 
@@ -125,7 +125,7 @@ def test_take_over_is_pinned_to_the_holder_examined(store: ClaimStore, client: A
     assert outcome.claimed == [x]
     item = scan_claims(client, TABLE)[x]
     assert (item["Owner"], item["ArchiveKey"]) == ("B", "archives/B.tar.zst")
-    assert item["ExpiresAt"] == int(T0 + 120) + TTL
+    assert item["ExpiresAt"] == int(T0 + 61) + TTL  # the takeover's write time
 
 
 def test_a_second_taker_of_the_same_holder_loses(store: ClaimStore, client: Any, clock: Clock) -> None:

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from aggregator.base.errors import ConfigError, DeliveryError, RetryableError
-from aggregator.delivery.secret import MinioSecret, MinioSecretProvider, SecretUnavailable
+from aggregator.delivery.secret import MinioSecret, MinioSecretProvider, SecretRefused, SecretUnavailable
 
 ACCESS = "AKIA-unit-access-7f3c"
 SECRET = "unit-secret-key-9d1e/+xyz"
@@ -240,15 +240,24 @@ def test_binary_secret_through_provider() -> None:
 
 
 def test_secrets_manager_failure_is_retryable_and_names_the_code() -> None:
-    error = ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "no such secret"}},
-                        "GetSecretValue")
+    error = ClientError({"Error": {"Code": "InternalServiceError", "Message": "try later"}}, "GetSecretValue")
     provider = MinioSecretProvider(FakeSecrets(error), "minio/creds")
     with pytest.raises(SecretUnavailable) as caught:
         provider.get()
     assert isinstance(caught.value, RetryableError)
     assert isinstance(caught.value, DeliveryError)
-    assert "ResourceNotFoundException" in str(caught.value)
+    assert "InternalServiceError" in str(caught.value)
     assert "minio/creds" in str(caught.value)
+
+
+@pytest.mark.parametrize("code", ["ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure"])
+def test_a_secret_that_is_absent_or_forbidden_is_a_configuration_error(code: str) -> None:
+    error = ClientError({"Error": {"Code": code, "Message": "no"}}, "GetSecretValue")
+    provider = MinioSecretProvider(FakeSecrets(error), "minio/creds")
+    with pytest.raises(SecretRefused) as caught:
+        provider.get()
+    assert isinstance(caught.value, ConfigError) and not isinstance(caught.value, RetryableError)
+    assert code in str(caught.value) and "minio/creds" in str(caught.value)
 
 
 def test_failure_after_a_cached_value_is_not_hidden_on_refresh() -> None:
@@ -288,5 +297,5 @@ def test_provider_reads_secrets_manager_and_sees_rotation() -> None:
 @mock_aws
 def test_missing_secret_in_secrets_manager() -> None:
     client = boto3.client("secretsmanager", region_name="eu-west-2")
-    with pytest.raises(SecretUnavailable, match="ResourceNotFoundException"):
+    with pytest.raises(SecretRefused, match="ResourceNotFoundException"):
         MinioSecretProvider(client, "minio/creds").get()
