@@ -126,6 +126,9 @@ def warm_dependencies() -> Dependencies:
 
 @logger.inject_lambda_context(log_event=False)
 def _handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any]:
+    # The time left is read first: the set-up below (clients, the secret) comes out of it.
+    entered = time.monotonic()
+    remaining_at_entry = context.get_remaining_time_in_millis() / 1000
     try:
         deps = warm_dependencies()
         records = _records(event)
@@ -140,7 +143,8 @@ def _handler(event: dict[str, Any], context: LambdaContextLike) -> dict[str, Any
         # Powertools refuses an event without records; the answer to nothing is no failure.
         return {"batchItemFailures": []}
     try:
-        outcome = _run(records, deps=deps, context=context)
+        remaining = remaining_at_entry - (time.monotonic() - entered)
+        outcome = _run(records, deps=deps, context=context, remaining_s=remaining)
     except Exception:
         logger.exception("invocation failed; the whole batch will be retried")
         metrics.flush_metrics()
@@ -193,9 +197,9 @@ def _records(event: Any) -> list[dict[str, Any]]:
     return records
 
 
-def _run(records: list[dict[str, Any]], *, deps: Dependencies, context: LambdaContextLike) -> BatchReport:
-    deadline = Deadline.after(context.get_remaining_time_in_millis() / 1000,
-                              grace=deps.settings.lease_grace_seconds, clock=deps.clock)
+def _run(records: list[dict[str, Any]], *, deps: Dependencies, context: LambdaContextLike,
+         remaining_s: float) -> BatchReport:
+    deadline = Deadline.after(remaining_s, grace=deps.settings.lease_grace_seconds, clock=deps.clock)
     messages = [Message(record["messageId"], record.get("body")) for record in records]
     started = time.monotonic()
     outcome = run_batch(messages, deps=deps, deadline=deadline, owner=new_owner(context.aws_request_id))

@@ -35,3 +35,33 @@ def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_an_empty_batch_returns_an_empty_partial_batch_response(configured: None) -> None:
     assert lambda_app.handler({"Records": []}, Context()) == {"batchItemFailures": []}
+
+
+def test_the_deadline_is_the_time_left_when_the_handler_was_entered(configured: None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A context answering a constant, as test harnesses do: the set-up's time must come out
+    # of the invocation's, or the lease would end later than the caller computes.
+    import time
+
+    from aggregator.pipeline import BatchReport
+
+    seen: dict[str, float] = {}
+    real_warm = lambda_app.warm_dependencies
+
+    def slow_warm() -> object:
+        deps = real_warm()
+        time.sleep(0.3)  # a slow cold start
+        return deps
+
+    slow_warm.cache_clear = real_warm.cache_clear  # type: ignore[attr-defined]
+
+    def run_batch(messages: object, *, deps: object, deadline: object, owner: str) -> BatchReport:
+        seen["at"] = deadline.at  # type: ignore[attr-defined]
+        return BatchReport()
+
+    monkeypatch.setattr(lambda_app, "warm_dependencies", slow_warm)
+    monkeypatch.setattr(lambda_app, "_require_minio_secret", lambda deps: None)
+    monkeypatch.setattr(lambda_app, "run_batch", run_batch)
+    entered = time.time()
+    lambda_app.handler({"Records": [{"messageId": "m-1", "body": "{}"}]}, Context())
+    assert seen["at"] - entered == pytest.approx(30.0, abs=0.1)
