@@ -15,6 +15,12 @@ byte leaves, so the upload is atomic by construction:
   The whole-archive digest is recomputed on the way and compared before
   CompleteMultipartUpload. Any failure before the Complete aborts the upload.
 
+Once PUBLISHED, an empty marker :func:`published_key` goes beside the sidecar. The archive
+is the consumer's to take away; when it has, the marker still says that it was published,
+and the sidecar what it held, so a late redelivery of its objects is a duplicate, not new
+work (:meth:`MinioTarget.listing`). Without the marker, a missing archive means "never
+published": the sidecar alone proves nothing, since it is written first.
+
 The outcome (:class:`PublishOutcome`) is decided here, once:
 
 * PUBLISHED: the key-creating request (PutObject, CompleteMultipartUpload) was answered
@@ -198,6 +204,11 @@ def sidecar_key(archive_key: str) -> str:
     return SIDECAR_PREFIX + archive_key + ".json"
 
 
+def published_key(archive_key: str) -> str:
+    """The empty marker written once ``archive_key`` is published (it outlives the archive)."""
+    return SIDECAR_PREFIX + archive_key + ".published"
+
+
 class _Refused(Exception):
     """Raised inside a publish for a failure that proves the final key will never appear."""
 
@@ -238,6 +249,7 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
         _guard.value = None  # the HEAD below creates nothing
         if _holds_archive(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex):
             logger.warning("publish answer lost but the archive is stored", extra={"key": key, "reason": reason})
+            _mark_published(client, bucket=bucket, key=key, deadline=deadline)
             return Publication(PublishOutcome.PUBLISHED, reason)
         logger.error("publish outcome unknown: claims are kept until the lease ends",
                      extra={"key": key, "reason": reason})
@@ -246,7 +258,22 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
         _guard.value = None
     logger.info("archive published", extra={"bucket": bucket, "key": key, "size": size, "parts": parts,
                                             "sha256": sha256_hex})
+    _mark_published(client, bucket=bucket, key=key, deadline=deadline)
     return Publication(PublishOutcome.PUBLISHED, parts=parts)
+
+
+def _mark_published(client: S3Client, *, bucket: str, key: str, deadline: Deadline | None) -> None:
+    """The marker that outlives the archive. Best effort: the archive is published whatever
+    happens here; without the marker, only a redelivery arriving after the consumer took the
+    archive away would archive its objects again. Not started past the write cutoff, like
+    every write."""
+    if deadline is not None and not deadline.may_start_write():
+        logger.warning("no time left to mark a published archive", extra={"key": key})
+        return
+    try:
+        _call("PutObject published marker", lambda: client.put_object(Bucket=bucket, Key=published_key(key), Body=b""))
+    except DeliveryError as e:
+        logger.warning("could not mark a published archive", extra={"key": key, "error": str(e)})
 
 
 def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
@@ -483,15 +510,25 @@ class MinioTarget:
         return self._current()[0]
 
     def listing(self, key: str) -> dict[str, Any] | None:
-        """The manifest of the archive ``key``, or None when the archive does not exist.
+        """The manifest of the archive ``key``, or None when it was never published.
 
-        Bounded whatever the archive's size: a HEAD and a GET of the small sidecar. Raises
+        Bounded whatever the archive's size: a HEAD and a GET of the small sidecar (and a
+        HEAD of the marker when the archive is gone: taken away after its publish, its
+        sidecar still lists what it held). Raises
         :class:`NoSidecar` for an archive published before sidecars existed, and
         :class:`DeliveryError` when it cannot tell (the caller must not decide).
         """
         if not self.exists(key):
-            return None
+            if not self.exists(published_key(key)):
+                return None  # never published: a sidecar alone proves nothing (it is written first)
+            return self._sidecar_manifest(key)  # published, then taken away by the consumer
+        manifest = self._sidecar_manifest(key)
+        if manifest is None:
+            raise NoSidecar(f"{key} has no manifest sidecar (published before sidecars existed)")
+        return manifest
 
+    def _sidecar_manifest(self, key: str) -> dict[str, Any] | None:
+        """The manifest in ``key``'s sidecar, None without one; DeliveryError when unreadable."""
         def get_sidecar(client: S3Client, bucket: str) -> bytes | None:
             try:
                 answer = _call("GetObject manifest", lambda: client.get_object(Bucket=bucket, Key=sidecar_key(key)))
@@ -505,7 +542,7 @@ class MinioTarget:
 
         data = self._with_auth_retry(get_sidecar)
         if data is None:
-            raise NoSidecar(f"{key} has no manifest sidecar (published before sidecars existed)")
+            return None
         try:
             manifest = json.loads(data)
         except ValueError as e:

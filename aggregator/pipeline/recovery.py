@@ -5,8 +5,10 @@ lease is over, that archive's existence is settled (no write that could create i
 under way, see :mod:`aggregator.base.deadline`), so one look at it decides for good:
 
 * the archive exists and its manifest lists the object: a duplicate, acknowledged;
-* the archive does not exist, or exists without the object (the holder left it out): the
-  claim may be taken over, pinned to the holder that was examined;
+* the archive was never published (neither it nor its published marker exists), or it
+  exists without the object (the holder left it out): the claim may be taken over, pinned to
+  the holder that was examined. An archive the consumer took away after its publish still
+  answers from its sidecar (:meth:`aggregator.delivery.publish.MinioTarget.listing`);
 * MinIO cannot tell us now (an error, an unreadable manifest): undecided, the message is
   retried later. Never guessed.
 

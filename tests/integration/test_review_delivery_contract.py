@@ -88,10 +88,6 @@ def test_a_completed_claims_expiry_is_the_commit_time_plus_the_ttl(scene: Scene)
     assert -30 <= off <= 5, f"ExpiresAt - TTL is {off:+.0f} s from the commit"
 
 
-@pytest.mark.slow  # waits for the first lease to end (~4 s): make test-full only
-@pytest.mark.xfail(strict=True, reason="contract section 6: 'A redelivered event (same identity) is a duplicate' "
-                                       "(once the archive is gone from MinIO, e.g. moved by the consumer, a redelivery "
-                                       "after the lease archives the object again)")
 def test_a_redelivery_is_a_duplicate_even_after_the_consumer_took_the_archive(scene: Scene) -> None:
     obj = upload(scene.world.s3, scene.bucket, "in/two.bin", b"two" * 100)
     batch = messages([notification(obj)])
@@ -113,7 +109,8 @@ def test_the_archive_prefix_holds_archives_only(scene: Scene) -> None:
     assert _invoke(sqs_event(messages([notification(obj)])), remaining_ms=60_000) == {"batchItemFailures": []}
     (archive,) = _bucket_keys(scene, scene.prefix + "/")
     assert archive.endswith(".tar.zst")
-    assert _bucket_keys(scene, f"_manifests/{archive}") == [f"_manifests/{archive}.json"]
+    assert _bucket_keys(scene, f"_manifests/{archive}") == [f"_manifests/{archive}.json",
+                                                           f"_manifests/{archive}.published"]
 
 
 @pytest.mark.xfail(strict=True, reason="contract section 6: an event older than the claim TTL 'is never archived "

@@ -33,6 +33,7 @@ from aggregator.delivery.publish import (
     PublishOutcome,
     map_client_error,
     publish_archive,
+    published_key,
     sidecar_key,
 )
 from aggregator.delivery.secret import MinioSecret
@@ -85,13 +86,17 @@ class FakeS3:
         if base64.b64encode(hashlib.sha256(body).digest()).decode() != checksum:
             raise client_error("BadDigest", 400)
 
-    def put_object(self, *, Bucket: str, Key: str, Body: bytes, Metadata: dict[str, str],
-                   ChecksumSHA256: str, ContentType: str | None = None) -> dict[str, Any]:
-        name = "PutSidecar" if Key.startswith("_manifests/") else "PutObject"
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, Metadata: dict[str, str] | None = None,
+                   ChecksumSHA256: str | None = None, ContentType: str | None = None) -> dict[str, Any]:
+        if Key.endswith(".published"):
+            name = "PutMarker"
+        else:
+            name = "PutSidecar" if Key.startswith("_manifests/") else "PutObject"
+            assert Metadata is not None and ChecksumSHA256 is not None
+            self._check(Body, ChecksumSHA256)
         self._maybe_fail(name)
         assert isinstance(Body, bytes)
-        self._check(Body, ChecksumSHA256)
-        self.objects[(Bucket, Key)] = (Body, {} if self.drop_metadata and name == "PutObject" else dict(Metadata))
+        self.objects[(Bucket, Key)] = (Body, {} if self.drop_metadata and name == "PutObject" else dict(Metadata or {}))
         self._maybe_lose_answer(name)
         return {"ETag": '"x"'}
 
@@ -202,7 +207,8 @@ def test_small_archive_is_sidecar_then_one_put_with_metadata_and_server_checked_
     client = FakeS3()
     publication, data, sha = publish(client, 1000)
     assert publication == Publication(PUBLISHED, parts=1)
-    assert client.calls == ["PutSidecar", "PutObject", "HeadObject"]  # the sidecar before the final key
+    # The sidecar before the final key; the published marker after it.
+    assert client.calls == ["PutSidecar", "PutObject", "HeadObject", "PutMarker"]
     assert stored(client) == (data, {METADATA_KEY: sha})
     assert stored(client, sidecar_key(KEY)) == (MANIFEST, {METADATA_KEY: hashlib.sha256(MANIFEST).hexdigest()})
 
@@ -287,7 +293,7 @@ def test_put_answer_lost_but_stored_with_our_checksum_counts_as_published(error:
     publication, data, sha = publish(client, 1000)
     assert publication.outcome is PUBLISHED
     assert stored(client) == (data, {METADATA_KEY: sha})
-    assert client.calls == ["PutSidecar", "PutObject", "HeadObject"]
+    assert client.calls == ["PutSidecar", "PutObject", "HeadObject", "PutMarker"]
 
 
 def test_put_answer_lost_and_head_unanswered_is_unknown() -> None:
@@ -315,7 +321,7 @@ def test_large_archive_is_multipart_created_with_metadata() -> None:
     publication, data, sha = publish(client, 12 * MiB)
     assert publication == Publication(PUBLISHED, parts=3)
     assert client.calls == ["PutSidecar", "CreateMultipartUpload", "UploadPart", "UploadPart", "UploadPart",
-                            "CompleteMultipartUpload", "HeadObject"]
+                            "CompleteMultipartUpload", "HeadObject", "PutMarker"]
     assert stored(client) == (data, {METADATA_KEY: sha})
     assert client.max_part_in_flight == 5 * MiB
     assert not client.uploads
@@ -521,6 +527,24 @@ def test_enough_time_publishes() -> None:
     publication, _, _ = publish(client, 12 * MiB, deadline=fake_deadline([0.0], at=1000.0))
     assert publication.outcome is PUBLISHED
     assert stored(client) is not None
+
+
+def test_a_failed_marker_leaves_the_archive_published() -> None:
+    client = FakeS3()
+    client.failures["PutMarker"] = [client_error("InternalError", 500)]
+    publication, data, sha = publish(client, 1000)
+    assert publication.outcome is PUBLISHED
+    assert stored(client) == (data, {METADATA_KEY: sha})
+    assert stored(client, published_key(KEY)) is None
+
+
+def test_no_marker_past_the_write_cutoff() -> None:
+    client = FakeS3()
+    now = [0.0]
+    client.failures["HeadObject"] = [lambda: now.__setitem__(0, 99.5)]  # the check ends past the cutoff
+    publication, _, _ = publish(client, 1000, deadline=fake_deadline(now))
+    assert publication.outcome is PUBLISHED
+    assert "PutMarker" not in client.calls
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -756,7 +780,25 @@ def test_listing_refreshes_on_auth_error() -> None:
     provider, factory = FakeProvider(make_secret(), make_secret("new-key")), Factory()
     target = MinioTarget(provider, factory)
     assert target.listing(KEY) is None
-    assert provider.calls == [False, True]
+    assert provider.calls == [False, True, False]  # the archive (refreshed once), then its marker
+
+
+def test_an_archive_taken_away_after_its_publish_still_lists_its_objects() -> None:
+    target = MinioTarget(FakeProvider(make_secret("key-1")), Factory())
+    assert target_publish(target).outcome is PUBLISHED
+    client = target._client
+    assert isinstance(client, FakeS3)
+    del client.objects[("bkt", KEY)]  # the consumer took it
+    assert target.listing(KEY) == json.loads(MANIFEST)
+    del client.objects[("bkt", published_key(KEY))]
+    assert target.listing(KEY) is None  # a sidecar alone: written first, it proves nothing
+
+
+def test_a_sidecar_of_a_refused_publish_lists_nothing() -> None:
+    target = MinioTarget(FakeProvider(make_secret("key-1")), Factory())
+    target._current()[1].failures["PutObject"] = [client_error("NoSuchBucket", 404)]  # type: ignore[attr-defined]
+    assert target_publish(target).outcome is NOT_PUBLISHED
+    assert target.listing(KEY) is None
 
 
 # --- exists and open_object ----------------------------------------------------------------
