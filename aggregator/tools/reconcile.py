@@ -10,7 +10,19 @@ was on, else ListObjectsV2) one JSON line: ``bucket``, ``key``, ``version_id``, 
 * ``in_progress``: there is a claim, but its archive does not (yet) hold the object
   (``lease_expired`` says whether its holder's lease has passed: then only a redelivery
   or a backfill of that object finishes it);
-* ``never_claimed``: no claim at all; ``backfill`` sends these.
+* ``never_claimed``: no claim, and no published archive's manifest lists it; ``backfill``
+  sends these.
+
+A claim lives for ``IDEMPOTENCY_TTL_SECONDS`` (DynamoDB's TTL then deletes it), so an object
+archived long ago has none. Before calling an object without a claim ``never_claimed``, the
+manifests of the archives that can hold it are read: an archive's key starts with the hour
+it was created in (``{ARCHIVE_PREFIX}/YYYY/MM/DD/HH/``, UTC), which is after the object's
+LastModified and, since the function refuses events older than the claim TTL, at most the
+TTL (plus a margin) after it. The sidecars of those hours are listed and read once per run,
+lazily (only when an object without a claim is met), into an index identity -> archive
+keys; an archive counts only when a HEAD finds it (a sidecar without its archive was never
+published). An object backfilled later than that window after its upload is not found once
+its claim has expired.
 
 Only ``ObjectID``, ``ArchiveKey`` and ``LeaseUntil`` of a claim are read: whether an object
 is archived is decided by the archive itself, not by any state the claim records.
@@ -46,12 +58,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TextIO
 
@@ -59,12 +73,16 @@ from aggregator.archive.errors import ArchiveReadError
 from aggregator.archive.manifest import read_manifest
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import object_id
+from aggregator.delivery.publish import SIDECAR_PREFIX, sidecar_key
 from aggregator.tools.archives import codec_of
 from aggregator.tools.common import EXIT_OK, Environment, Problems, UsageError, error_code
 from aggregator.tools.progress import Progress
 
 BATCH_GET_LIMIT = 100
-SIDECAR_PREFIX = "_manifests/"
+# An archive is created after the event's staleness check, within one invocation (at most
+# 15 minutes), and clocks differ a little: an hour after the TTL is plenty.
+ARCHIVE_WINDOW_MARGIN = timedelta(hours=1)
+_SIDECAR_READERS = 4  # the MinIO client's pool
 _EVENTUAL_UNIT = 0.5
 _READ_UNIT_BYTES = 4096
 _UNPROCESSED_ATTEMPTS = 8
@@ -151,11 +169,11 @@ def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None
     progress = Progress("reconcile")
     units = ReadUnits()
     claims = ClaimFinder(dynamodb, table, units, scan_versioned=not args.no_scan)
-    index = ArchiveIndex(env)
+    now = time.time()
+    index = ArchiveIndex(env, now=datetime.fromtimestamp(now, UTC))
     problems = Problems()
     counts: Counter[str] = Counter()
     report: TextIO = _open_report(args.report) if args.report else out
-    now = time.time()
     try:
         versions = _filtered(list_versions(s3, args.bucket, args.prefix, on_page=progress.listed),
                              since=args.since, until=args.until)
@@ -410,49 +428,64 @@ def _number_size(text: str) -> int:
 
 # -- archives ------------------------------------------------------------------------------
 
-class ArchiveIndex:
-    """Which object versions each archive holds, read once per archive key."""
+Identity = tuple[str, str, str]  # (bucket, key, "v:{version id}" or "e:{eTag}")
 
-    def __init__(self, env: Environment) -> None:
+
+class ArchiveIndex:
+    """Which object versions each archive holds, read once per archive key; and, for an
+    object whose claim is gone, which published archive lists it (:meth:`find`)."""
+
+    def __init__(self, env: Environment, *, now: datetime | None = None, window: timedelta | None = None) -> None:
         self._env = env
-        self._cache: dict[str, frozenset[tuple[str, str, str]] | None] = {}
+        self._now = now or datetime.now(UTC)
+        self._window = window if window is not None else (
+            timedelta(seconds=env.settings.idempotency_ttl_seconds) + ARCHIVE_WINDOW_MARGIN)
+        self._cache: dict[str, frozenset[Identity] | None] = {}
+        self._published: dict[str, bool] = {}
+        self._named: set[str] = set()
+        self._hours_read: set[int] = set()
+        self._listed: dict[Identity, list[str]] = {}
         self.sidecars = 0
         self.streamed = 0
         self.absent = 0
+        self.swept_sidecars = 0
+        self.listings = 0
         self.problems: list[str] = []
 
     def holds(self, archive_key: str, version: Version) -> bool:
+        self._named.add(archive_key)
         held = self._load(archive_key)
-        if held is None:
-            return False
-        if version.version_id and (version.bucket, version.key, f"v:{version.version_id}") in held:
-            return True
-        # A manifest entry without a version id names the object by its eTag.
-        return (version.bucket, version.key, f"e:{version.etag}") in held
+        return held is not None and any(identity in held for identity in _identities_of(version))
+
+    def find(self, version: Version) -> str | None:
+        """A published archive whose manifest lists ``version``, found without a claim."""
+        self._sweep(version.last_modified)
+        for identity in _identities_of(version):
+            for archive_key in self._listed.get(identity, ()):
+                if self._exists(archive_key):
+                    return archive_key
+        return None
 
     def describe(self) -> str:
-        return (f"{len(self._cache)} archive keys named by claims: {self.sidecars} manifests read from sidecars, "
-                f"{self.streamed} archives streamed, {self.absent} absent")
+        return (f"{len(self._named)} archive keys named by claims: {self.sidecars} manifests read from sidecars, "
+                f"{self.streamed} archives streamed, {self.absent} absent; for objects without a claim: "
+                f"{self.swept_sidecars} sidecars read over {len(self._hours_read)} hours of archives "
+                f"({self.listings} listings)")
 
-    def _load(self, archive_key: str) -> frozenset[tuple[str, str, str]] | None:
+    # -- archives named by claims
+
+    def _load(self, archive_key: str) -> frozenset[Identity] | None:
         if archive_key not in self._cache:
             self._cache[archive_key] = self._read(archive_key)
         return self._cache[archive_key]
 
-    def _read(self, archive_key: str) -> frozenset[tuple[str, str, str]] | None:
+    def _read(self, archive_key: str) -> frozenset[Identity] | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if not self._exists(archive_key):
+            return None
         client, bucket = self._env.minio(), self._env.minio_secret().bucket
         label = f"s3://{bucket}/{archive_key}"
-        try:
-            client.head_object(Bucket=bucket, Key=archive_key)
-        except ClientError as e:
-            if error_code(e) in ("404", "NoSuchKey", "NotFound"):
-                self.absent += 1
-                return None
-            raise UsageError(f"{label}: cannot read: {error_code(e)}") from e
-        except BotoCoreError as e:
-            raise UsageError(f"{label}: cannot read: {error_code(e)}") from e
         try:
             document = self._sidecar(client, bucket, archive_key)
             if document is None:
@@ -471,12 +504,32 @@ class ArchiveIndex:
             raise UsageError(f"{label}: cannot read: {error_code(e)}") from e
         return _identities(document, label, self.problems)
 
+    def _exists(self, archive_key: str) -> bool:
+        """Whether the archive itself is in MinIO (HEAD, once per key)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if archive_key in self._published:
+            return self._published[archive_key]
+        client, bucket = self._env.minio(), self._env.minio_secret().bucket
+        try:
+            client.head_object(Bucket=bucket, Key=archive_key)
+            exists = True
+        except ClientError as e:
+            if error_code(e) not in ("404", "NoSuchKey", "NotFound"):
+                raise UsageError(f"s3://{bucket}/{archive_key}: cannot read: {error_code(e)}") from e
+            self.absent += 1
+            exists = False
+        except BotoCoreError as e:
+            raise UsageError(f"s3://{bucket}/{archive_key}: cannot read: {error_code(e)}") from e
+        self._published[archive_key] = exists
+        return exists
+
     @staticmethod
     def _sidecar(client: Any, bucket: str, archive_key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
         try:
-            body = client.get_object(Bucket=bucket, Key=f"{SIDECAR_PREFIX}{archive_key}.json")["Body"]
+            body = client.get_object(Bucket=bucket, Key=sidecar_key(archive_key))["Body"]
         except ClientError as e:
             if error_code(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -487,13 +540,100 @@ class ArchiveIndex:
             return None  # a broken sidecar is only a missed shortcut: read the archive itself
         return document if isinstance(document, dict) else None
 
+    # -- archives found by their hour, for objects without a claim
 
-def _identities(document: dict[str, Any], label: str, problems: list[str]) -> frozenset[tuple[str, str, str]] | None:
+    def _sweep(self, last_modified: datetime) -> None:
+        """Index the sidecars of every hour whose archives can hold an object uploaded at
+        ``last_modified``, unless already read in this run."""
+        first = _hour(last_modified)
+        last = max(first, _hour(min(self._now, last_modified + self._window)))
+        missing = [hour for hour in range(first, last + 1) if hour not in self._hours_read]
+        for start, end in _runs(missing):
+            self._read_hours(start, end)
+            self._hours_read.update(range(start, end + 1))
+
+    def _read_hours(self, start: int, end: int) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client, bucket = self._env.minio(), self._env.minio_secret().bucket
+        prefix = self._env.settings.archive_prefix
+        base = SIDECAR_PREFIX + (f"{prefix}/" if prefix else "")
+        wanted = {_hour_path(hour) for hour in range(start, end + 1)}
+        # One listing per day, by Prefix alone: file-system-backed stores (SeaweedFS, MinIO)
+        # give StartAfter a folder's meaning, so it cannot cut a listing at an hour.
+        days = sorted({path[:10] for path in wanted})
+        try:
+            with ThreadPoolExecutor(_SIDECAR_READERS) as pool:
+                for day in days:
+                    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                  Prefix=f"{base}{day}/"):
+                        self.listings += 1
+                        keys = []
+                        for item in page.get("Contents", []):
+                            relative = item["Key"][len(base):]
+                            archive_key = item["Key"][len(SIDECAR_PREFIX):-len(".json")]
+                            if (_HOUR_PATH.match(relative) and relative[:13] in wanted
+                                    and sidecar_key(archive_key) == item["Key"]):
+                                keys.append(archive_key)
+                        # At most one page of GETs in flight, a few at a time.
+                        for archive_key, document in zip(keys, pool.map(self._swept_sidecar, keys), strict=True):
+                            self._index(archive_key, document)
+        except (ClientError, BotoCoreError) as e:
+            raise UsageError(f"s3://{bucket}/{base}: cannot list or read sidecars: {error_code(e)}") from e
+
+    def _swept_sidecar(self, archive_key: str) -> dict[str, Any] | None:
+        return self._sidecar(self._env.minio(), self._env.minio_secret().bucket, archive_key)
+
+    def _index(self, archive_key: str, document: dict[str, Any] | None) -> None:
+        held = None
+        if document is not None:
+            self.swept_sidecars += 1
+            held = _identities(document, archive_key, [])
+        if held is None:
+            # A sidecar gone or unreadable since the listing: the archive's own manifest, if published.
+            held = self._load(archive_key)
+        for identity in held or ():
+            self._listed.setdefault(identity, []).append(archive_key)
+
+
+_HOUR_PATH = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}/")
+
+
+def _hour(moment: datetime) -> int:
+    return int(moment.timestamp() // 3600)
+
+
+def _hour_path(hour: int) -> str:
+    return f"{datetime.fromtimestamp(hour * 3600, UTC):%Y/%m/%d/%H}"
+
+
+def _runs(hours: list[int]) -> Iterator[tuple[int, int]]:
+    """Sorted hours as (first, last) runs of consecutive ones."""
+    run_start: int | None = None
+    previous = 0
+    for hour in hours:
+        if run_start is None:
+            run_start = hour
+        elif hour != previous + 1:
+            yield run_start, previous
+            run_start = hour
+        previous = hour
+    if run_start is not None:
+        yield run_start, previous
+
+
+def _identities_of(version: Version) -> list[Identity]:
+    """How a manifest entry names this version: by version id, else (an event without one) by eTag."""
+    by_etag = (version.bucket, version.key, f"e:{version.etag}")
+    return [(version.bucket, version.key, f"v:{version.version_id}"), by_etag] if version.version_id else [by_etag]
+
+
+def _identities(document: dict[str, Any], label: str, problems: list[str]) -> frozenset[Identity] | None:
     objects = document.get("objects")
     if not isinstance(objects, list):
         problems.append(f"{label}: its manifest has no 'objects' list")
         return None
-    held: set[tuple[str, str, str]] = set()
+    held: set[Identity] = set()
     for entry in objects:
         if not isinstance(entry, dict):
             continue
@@ -512,6 +652,10 @@ def classify(version: Version, claims: list[Claim], index: ArchiveIndex, *, now:
                             "etag": version.etag, "state": "never_claimed", "archive": None,
                             "size": version.size, "last_modified": _rfc3339(version.last_modified)}
     if not claims:
+        # The claim may have expired long after the object was archived: ask the archives.
+        archive = index.find(version)
+        if archive is not None:
+            line.update(state="archived", archive=archive)
         return line
     for claim in claims:
         if claim.archive_key and index.holds(claim.archive_key, version):

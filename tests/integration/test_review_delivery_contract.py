@@ -113,10 +113,6 @@ def test_the_archive_prefix_holds_archives_only(scene: Scene) -> None:
                                                            f"_manifests/{archive}.published"]
 
 
-@pytest.mark.xfail(strict=True, reason="contract section 6: an event older than the claim TTL 'is never archived "
-                                       "blindly ... the README says how an operator archives it deliberately' "
-                                       "(the README's reconcile + backfill runbook reports an object whose claim "
-                                       "expired as never_claimed and backfill archives it a second time)")
 def test_the_stale_event_runbook_does_not_archive_an_archived_object_again(
         scene: Scene, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import boto3
