@@ -13,16 +13,21 @@ of the same upload arriving later would not: back an unversioned bucket's object
 when their notifications are known to be lost.
 
 Without ``--apply`` nothing is sent: each message body is printed, one per line.
-``--rate`` caps the messages sent per second (default 10), protecting the function's
-concurrency; messages go out in SendMessageBatch calls of up to 10.
+``--rate N`` (default 10) protects the function's concurrency: no one-second window, however
+placed, holds more than N messages (for N below 1: one message per 1/N seconds). Each
+second's share goes out in SendMessageBatch calls of up to 10, spaced evenly (N = 15: 8 and
+7 messages, half a second apart), and a sliding window over what was actually sent holds
+back a call that would exceed it, so a slow or retried send never leads to a catch-up burst.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -113,22 +118,47 @@ def notification(line: dict[str, Any], *, region: str, now: datetime) -> str:
 
 
 class RateLimiter:
-    """At most ``rate`` messages a second, averaged from the first send."""
+    """No ``window`` (one second, or 1/rate for a rate below 1) holds more than ``capacity``
+    messages: the whole part of the rate, at least one.
+
+    :attr:`sizes` splits each window's capacity into near-equal batches of at most
+    :data:`SQS_BATCH`, which :meth:`wait_for` spaces evenly over the window; the sliding
+    window over the sends is checked as well, and it alone is the guarantee.
+    """
 
     def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self._rate, self._clock, self._sleep = rate, clock, sleep
-        self._start: float | None = None
-        self._sent = 0
+        self._clock, self._sleep = clock, sleep
+        self.capacity = max(1, int(rate))
+        self.window = 1.0 if rate >= 1 else 1.0 / rate
+        calls = -(-self.capacity // SQS_BATCH)
+        quotient, remainder = divmod(self.capacity, calls)
+        self.sizes = tuple(quotient + 1 if i < remainder else quotient for i in range(calls))
+        self._gap = self.window / calls
+        self._sent: deque[tuple[float, int]] = deque()  # (time, messages) of the last window
+        self._in_window = 0
+        self._next = float("-inf")
 
     def wait_for(self, n: int) -> None:
+        """Wait until ``n`` more messages may go, and count them as sent now."""
+        if not 0 < n <= self.capacity:
+            raise ValueError(f"a call of {n} messages cannot fit {self.capacity} per {self.window:g} s")
         now = self._clock()
-        if self._start is None:
-            self._start = now
-        due = self._start + self._sent / self._rate
-        if due > now:
-            self._sleep(due - now)
-        self._sent += n
+        if now < self._next:
+            self._sleep(self._next - now)
+            now = self._clock()
+        while True:
+            # Sends at or before now - window are out of every window that holds now.
+            while self._sent and self._sent[0][0] <= now - self.window:
+                self._in_window -= self._sent.popleft()[1]
+            if self._in_window + n <= self.capacity:
+                break
+            # A floor on the wait: float rounding may leave `now` a hair short of the edge.
+            self._sleep(max(self._sent[0][0] + self.window - now, 1e-6))
+            now = self._clock()
+        self._sent.append((now, n))
+        self._in_window += n
+        self._next = now + self._gap
 
 
 def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None) -> int:
@@ -148,11 +178,13 @@ def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None
     sqs = env.sqs()
     limiter = RateLimiter(args.rate)
     problems = Problems()
-    per_call = max(1, min(SQS_BATCH, int(args.rate)))
+    sizes = itertools.cycle(limiter.sizes)
     sent = 0
     started = time.monotonic()
-    for start in range(0, len(bodies), per_call):
-        chunk = bodies[start:start + per_call]
+    start = 0
+    while start < len(bodies):
+        chunk = bodies[start:start + next(sizes)]
+        start += len(chunk)
         limiter.wait_for(len(chunk))
         failed = _send(sqs, args.queue_url, chunk)
         for line, reason in failed:

@@ -3,7 +3,9 @@ the rate limit, the report reader."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,6 +74,58 @@ def test_the_rate_limit_spaces_sends() -> None:
     for _ in range(5):
         limiter.wait_for(10)
     assert now[0] == pytest.approx(102.0) and len(slept) == 4  # 40 messages before the 5th batch: 2 s at 20/s
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.now += seconds
+
+
+@pytest.mark.parametrize("rate", [0.5, 1, 3, 10, 15, 15.9, 25, 99])
+def test_no_window_holds_more_than_the_rate_even_after_slow_sends(rate: float) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate, clock=clock, sleep=clock.sleep)
+    sizes = itertools.cycle(limiter.sizes)
+    rng = random.Random(rate)
+    sends: list[tuple[float, int]] = []
+    for _ in range(80):
+        n = next(sizes)
+        limiter.wait_for(n)
+        sends.append((clock.now, n))
+        clock.now += rng.choice([0.0, 0.0, 0.01, 0.2, 3.0])  # the call itself; sometimes retried for long
+    window, capacity = (1.0, int(rate)) if rate >= 1 else (1 / rate, 1)
+    assert max(limiter.sizes) <= 10 and sum(limiter.sizes) == capacity
+    busiest = max(sum(n for t, n in sends if start <= t < start + window) for start, _ in sends)
+    assert busiest <= capacity
+
+
+def test_the_rate_is_used_in_full_in_evenly_spaced_calls() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(15, clock=clock, sleep=clock.sleep)
+    assert limiter.sizes == (8, 7)
+    times = []
+    for n in [8, 7] * 3:
+        limiter.wait_for(n)
+        times.append(clock.now)
+    assert times == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])  # 45 messages in 3 s, never 16 in one
+
+
+def test_a_rate_below_one_sends_one_message_per_period() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(0.25, clock=clock, sleep=clock.sleep)
+    assert limiter.sizes == (1,)
+    for _ in range(3):
+        limiter.wait_for(1)
+    assert clock.now == pytest.approx(8.0)
+    with pytest.raises(ValueError):
+        limiter.wait_for(2)
 
 
 def test_the_report_reader_keeps_never_claimed_and_names_a_bad_line(tmp_path: Path) -> None:

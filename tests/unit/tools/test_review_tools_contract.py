@@ -67,8 +67,6 @@ def test_a_changed_byte_in_an_uncompressed_archives_padding_is_tampering(tmp_pat
     assert status == 1
 
 
-@pytest.mark.xfail(strict=True, reason="contract: backfill sends 'at most N messages a second' (with --rate 15 "
-                                       "it sends 10 at once and 10 more 0.67 s later: 20 within one second)")
 def test_backfill_never_sends_more_than_the_rate_within_any_second(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import json
