@@ -21,8 +21,8 @@ LastModified and, since the function refuses events older than the claim TTL, at
 TTL (plus a margin) after it. The sidecars of those hours are listed and read once per run,
 lazily (only when an object without a claim is met), into an index identity -> archive
 keys; an archive counts only when a HEAD finds it (a sidecar without its archive was never
-published). An object backfilled later than that window after its upload is not found once
-its claim has expired.
+published). An object backfilled later than that after its upload is found once its claim
+has expired only with a wider ``--archive-window-hours``.
 
 Only ``ObjectID``, ``ArchiveKey`` and ``LeaseUntil`` of a claim are read: whether an object
 is archived is decided by the archive itself, not by any state the claim records.
@@ -100,7 +100,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--no-scan", action="store_true",
                         help="never Scan the claims for a versioned object not found by its version id "
                              "(cheaper on a large table when every event carries a versionId)")
+    parser.add_argument("--archive-window-hours", type=_hours, default=None,
+                        help="for an object without a claim, read the manifests of archives created up to this many "
+                             "hours after its upload (default: IDEMPOTENCY_TTL_SECONDS + 1 h; more for objects "
+                             "backfilled long after their upload)")
     parser.set_defaults(run=run)
+
+
+def _hours(text: str) -> timedelta:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 24 * 366 * 20:
+        raise argparse.ArgumentTypeError("must be from 0 to 175680 (20 years)")
+    return timedelta(hours=value)
 
 
 def _moment(text: str) -> datetime:
@@ -170,7 +184,7 @@ def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None
     units = ReadUnits()
     claims = ClaimFinder(dynamodb, table, units, scan_versioned=not args.no_scan)
     now = time.time()
-    index = ArchiveIndex(env, now=datetime.fromtimestamp(now, UTC))
+    index = ArchiveIndex(env, now=datetime.fromtimestamp(now, UTC), window=args.archive_window_hours)
     problems = Problems()
     counts: Counter[str] = Counter()
     report: TextIO = _open_report(args.report) if args.report else out

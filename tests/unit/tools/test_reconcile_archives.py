@@ -35,10 +35,10 @@ def minio() -> Iterator[Any]:
         yield client
 
 
-def index(minio: Any, *, now: datetime = NOW) -> ArchiveIndex:
+def index(minio: Any, *, now: datetime = NOW, window: timedelta | None = None) -> ArchiveIndex:
     env = Environment(settings=ToolSettings(archive_prefix="arch", idempotency_ttl_seconds=TTL),
                       _minio={"client": minio, "secret": SimpleNamespace(bucket=BUCKET)})
-    return ArchiveIndex(env, now=now)
+    return ArchiveIndex(env, now=now, window=window)
 
 
 def publish(minio: Any, created: datetime, entries: list[dict[str, Any]], *, archive: bool = True) -> str:
@@ -96,6 +96,12 @@ def test_only_the_hours_from_the_upload_to_the_ttl_and_a_margin_are_read(minio: 
     listings = archives.listings
     assert archives.find(version("y.bin", uploaded=UPLOADED + timedelta(minutes=30))) is None
     assert archives.listings == listings
+
+
+def test_an_object_backfilled_long_after_its_upload_needs_a_wider_window(minio: Any) -> None:
+    late = publish(minio, UPLOADED + timedelta(days=30), [entry("late.bin")])
+    assert index(minio).find(version("late.bin")) is None
+    assert index(minio, window=timedelta(days=31)).find(version("late.bin")) == late
 
 
 def test_the_hours_stop_at_now(minio: Any) -> None:
