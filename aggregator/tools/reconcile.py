@@ -73,7 +73,7 @@ from aggregator.archive.errors import ArchiveReadError
 from aggregator.archive.manifest import read_manifest
 from aggregator.base.events import ObjectRef
 from aggregator.base.names import object_id
-from aggregator.delivery.publish import SIDECAR_PREFIX, sidecar_key
+from aggregator.delivery.publish import SIDECAR_PREFIX, published_key, sidecar_key
 from aggregator.tools.archives import codec_of
 from aggregator.tools.common import EXIT_OK, Environment, Problems, UsageError, error_code
 from aggregator.tools.progress import Progress
@@ -456,6 +456,7 @@ class ArchiveIndex:
             timedelta(seconds=env.settings.idempotency_ttl_seconds) + ARCHIVE_WINDOW_MARGIN)
         self._cache: dict[str, frozenset[Identity] | None] = {}
         self._published: dict[str, bool] = {}
+        self._taken: set[str] = set()  # published, then taken away by the consumer
         self._named: set[str] = set()
         self._hours_read: set[int] = set()
         self._listed: dict[Identity, list[str]] = {}
@@ -502,6 +503,10 @@ class ArchiveIndex:
         label = f"s3://{bucket}/{archive_key}"
         try:
             document = self._sidecar(client, bucket, archive_key)
+            if document is None and archive_key in self._taken:
+                self.problems.append(f"{label}: taken away after its publish, and its manifest sidecar is gone: "
+                                     "the objects it held cannot be known")
+                return None
             if document is None:
                 self.streamed += 1
                 body = client.get_object(Bucket=bucket, Key=archive_key)["Body"]
@@ -519,24 +524,33 @@ class ArchiveIndex:
         return _identities(document, label, self.problems)
 
     def _exists(self, archive_key: str) -> bool:
-        """Whether the archive itself is in MinIO (HEAD, once per key)."""
+        """Whether the archive was published: it is in MinIO, or its published marker is
+        (the consumer took the archive away; its sidecar still lists what it held). HEADs,
+        once per key."""
+        if archive_key not in self._published:
+            if self._head(archive_key):
+                self._published[archive_key] = True
+            elif self._head(published_key(archive_key)):
+                self._published[archive_key] = True
+                self._taken.add(archive_key)
+            else:
+                self.absent += 1
+                self._published[archive_key] = False
+        return self._published[archive_key]
+
+    def _head(self, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if archive_key in self._published:
-            return self._published[archive_key]
         client, bucket = self._env.minio(), self._env.minio_secret().bucket
         try:
-            client.head_object(Bucket=bucket, Key=archive_key)
-            exists = True
+            client.head_object(Bucket=bucket, Key=key)
         except ClientError as e:
             if error_code(e) not in ("404", "NoSuchKey", "NotFound"):
-                raise UsageError(f"s3://{bucket}/{archive_key}: cannot read: {error_code(e)}") from e
-            self.absent += 1
-            exists = False
+                raise UsageError(f"s3://{bucket}/{key}: cannot read: {error_code(e)}") from e
+            return False
         except BotoCoreError as e:
-            raise UsageError(f"s3://{bucket}/{archive_key}: cannot read: {error_code(e)}") from e
-        self._published[archive_key] = exists
-        return exists
+            raise UsageError(f"s3://{bucket}/{key}: cannot read: {error_code(e)}") from e
+        return True
 
     @staticmethod
     def _sidecar(client: Any, bucket: str, archive_key: str) -> dict[str, Any] | None:

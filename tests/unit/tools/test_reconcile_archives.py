@@ -121,3 +121,15 @@ def test_an_unreadable_sidecar_falls_back_to_the_archives_own_manifest(minio: An
     archives = index(minio)
     found = archives.find(version("a.txt", etag=etag, uploaded=datetime(2026, 12, 1, 12, 0, 1, tzinfo=UTC)))
     assert found == key and archives.streamed == 1
+
+
+def test_an_archive_the_consumer_took_away_after_its_publish_still_counts(minio: Any) -> None:
+    taken = publish(minio, UPLOADED + timedelta(hours=3), [entry("taken.bin")])
+    minio.put_object(Bucket=BUCKET, Key=f"_manifests/{taken}.published", Body=b"")
+    minio.delete_object(Bucket=BUCKET, Key=taken)
+    archives = index(minio)
+    assert archives.find(version("taken.bin")) == taken
+    assert archives.absent == 0
+    minio.delete_object(Bucket=BUCKET, Key=f"_manifests/{taken}.json")  # the sidecar gone too: not knowable
+    archives = index(minio)
+    assert archives.find(version("taken.bin")) is None
