@@ -15,22 +15,34 @@ Member names are safe to extract on Linux, macOS and Windows, and injective. Eac
   ``nul.txt``) gets its first character escaped;
 * a segment that is empty, ``.`` or ``..`` becomes ``%``, ``%2E`` or ``%2E%2E``. A lone
   ``%`` cannot come out of the first rule, and ``unescape`` reads ``%2E`` as ``.`` anyway,
-  so nothing collides.
+  so nothing collides;
+* an escaped segment longer than 245 UTF-8 bytes (a file name holds 255 on Linux, macOS and
+  Windows; the rest is room for a ``%vN`` suffix) keeps its first bytes, cut between
+  characters and escapes, followed by ``%h``, the SHA-256 (hex) of the whole original
+  segment and the segment's extension (up to 16 plain characters, like ``.json``): 245
+  bytes at most.
 
-Every rule only replaces characters by their ``%XX`` escape, and ``unescape`` undoes every
-escape, so it recovers the key exactly: that is why the mapping is injective.
+Every other rule only replaces characters by their ``%XX`` escape, and ``unescape`` undoes
+every escape, so it recovers the key exactly: that is why the mapping is injective. A
+shortened segment cannot be undone (the manifest has its key), but ``%h`` never comes out of
+escaping and the hash names the whole segment, so it stays injective (short of a SHA-256
+collision, and even then :class:`MemberNames` keeps names distinct within an archive).
 
 Within one archive :class:`MemberNames` adds a suffix ``%v2``, ``%v3``... (never produced
 by escaping) to a name already taken: a second version of the same key, a key whose name is
 the folder of an earlier key (``a/b`` then ``a``: the file becomes ``a%v2``), and a folder
 whose name an earlier key holds as a file (``a`` then ``a/b``: the folder becomes ``a%v2``,
-and every later key below ``a/`` follows it). The manifest records each member's key.
+and every later key below ``a/`` follows it). Names are compared as the case-insensitive
+file systems of macOS and Windows compare them (case folded, canonically decomposed), so
+``Report.csv`` then ``report.csv`` gives ``report.csv%v2``. The manifest records each
+member's key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from datetime import UTC, datetime
 
 from aggregator.base.events import ObjectRef
@@ -52,6 +64,13 @@ _RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
     + [f"{device}{n}" for device in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"]
 )
+# A file name holds 255 bytes on Linux and macOS, 255 UTF-16 units on Windows (never more
+# than its UTF-8 bytes). A longer escaped segment is shortened to _SEGMENT_MAX bytes, leaving
+# room for MemberNames' suffix ("%v" and up to eight digits).
+_NAME_MAX = 255
+_SEGMENT_MAX = _NAME_MAX - 10
+_SHORTENED = "%h"  # escaping never writes "%" before a lowercase letter; "%v" is the suffix's
+_EXTENSION_MAX = 16  # a shortened segment keeps an extension up to this long (".json", ".tar.gz": ".gz")
 # The same class for ASCII names (most keys), which a small class scans three times faster.
 _NEEDS_ESCAPE_ASCII = re.compile(r'[%\\<>:"|?*\x00-\x1f\x7f]')
 # A Windows device name as a segment of ``/{name}/``, for the shortcut in member_name.
@@ -83,7 +102,48 @@ def escape_segment(segment: str) -> str:
         escaped = f"{escaped[:-1]}%{ord(escaped[-1]):02X}"
     if is_reserved_on_windows(escaped):
         escaped = f"%{ord(escaped[0]):02X}{escaped[1:]}"  # every reserved name starts with ASCII
+    if len(escaped) > _SEGMENT_MAX // 4 and _utf8_size(escaped) > _SEGMENT_MAX:
+        return _shorten(segment, escaped)
     return escaped
+
+
+def _shorten(segment: str, escaped: str) -> str:
+    """``escaped``'s first bytes, ``%h``, the SHA-256 of ``segment`` and ``escaped``'s extension
+    (when short and plain, so the file keeps its type): at most _SEGMENT_MAX bytes.
+
+    Runs after the other rules: the result ends like ``escaped`` or in a hex digit (no
+    trailing dot or space), and its stem (before the first dot) either is the escaped
+    segment's, already not a device name, or holds ``%h``.
+    """
+    digest = hashlib.sha256(segment.encode("utf-8", "surrogatepass")).hexdigest()
+    dot = escaped.rfind(".")
+    extension = escaped[dot:] if dot > 0 else ""
+    if len(extension) > _EXTENSION_MAX or "%" in extension or not extension.isascii():
+        extension = ""
+    budget = _SEGMENT_MAX - len(_SHORTENED) - len(digest) - len(extension)
+    used = cut = 0
+    for char in escaped:
+        used += _utf8_size(char)
+        if used > budget:
+            break
+        cut += 1
+    prefix = escaped[:cut]
+    # Every "%" in an escaped segment starts a three-character escape: never cut one in two.
+    if prefix.endswith("%"):
+        prefix = prefix[:-1]
+    elif prefix[-2:-1] == "%":
+        prefix = prefix[:-2]
+    return f"{prefix}{_SHORTENED}{digest}{extension}"
+
+
+def _utf8_size(text: str) -> int:
+    # Lone surrogates (not a valid key, refused when the tar header is written) count as 3.
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def is_shortened(segment: str) -> bool:
+    """Whether a member name segment was shortened (its key is only in the manifest)."""
+    return _SHORTENED in segment
 
 
 def _escape_match(match: re.Match[str]) -> str:
@@ -91,6 +151,9 @@ def _escape_match(match: re.Match[str]) -> str:
 
 
 def unescape_segment(segment: str) -> str:
+    """Inverse of :func:`escape_segment`; raises ValueError for a shortened segment."""
+    if _SHORTENED in segment:
+        raise ValueError(f"segment {segment[:40]!r}... was shortened: its key is in the manifest")
     if segment in _UNSPECIAL:
         return _UNSPECIAL[segment]
     # Escapes stand for UTF-8 bytes, so undo them on bytes, then decode once.
@@ -106,11 +169,22 @@ def member_name(bucket: str, key: str) -> str:
     # shows an empty, ``.`` or ``..`` segment and a trailing dot or space as ``//``, ``./``
     # or `` /``.
     edged = f"/{name}/"
-    needs_escape = _NEEDS_ESCAPE_ASCII if name.isascii() else _NEEDS_ESCAPE
+    ascii = name.isascii()
+    needs_escape = _NEEDS_ESCAPE_ASCII if ascii else _NEEDS_ESCAPE
     if (needs_escape.search(name) is None and "//" not in edged and "./" not in edged and " /" not in edged
-            and _DEVICE_SEGMENT.search(edged) is None):
+            and _DEVICE_SEGMENT.search(edged) is None
+            and _segments_fit(name, ascii=ascii)):
         return name
     return escaped_member_name(bucket, key)
+
+
+def _segments_fit(name: str, *, ascii: bool) -> bool:
+    """Whether no segment of ``name`` is over _SEGMENT_MAX bytes (most names: clearly none)."""
+    if len(name) <= (_SEGMENT_MAX if ascii else _SEGMENT_MAX // 4):  # four bytes a character at most
+        return True
+    if ascii:
+        return all(len(s) <= _SEGMENT_MAX for s in name.split("/"))
+    return all(len(s) <= _SEGMENT_MAX // 4 or _utf8_size(s) <= _SEGMENT_MAX for s in name.split("/"))
 
 
 def escaped_member_name(bucket: str, key: str) -> str:
@@ -119,7 +193,10 @@ def escaped_member_name(bucket: str, key: str) -> str:
 
 
 def unescape_member(name: str) -> tuple[str, str]:
-    """Inverse of :func:`member_name` (without a version suffix): ``(bucket, key)``."""
+    """Inverse of :func:`member_name` (without a version suffix): ``(bucket, key)``.
+
+    Raises ValueError when a segment was shortened (:func:`is_shortened`).
+    """
     bucket, *segments = name.split("/")
     return unescape_segment(bucket), "/".join(unescape_segment(s) for s in segments)
 
@@ -131,13 +208,18 @@ class MemberNames:
     of them finds the other in its way), so a name that is already taken, as a file or as a
     folder, gets the first free ``%v2``, ``%v3``... suffix. A folder keeps the name it got
     for the rest of the archive, so all the keys below ``a/`` stay together.
+
+    "Taken" is judged as macOS and Windows judge it by default (names are equal when their
+    case folded, decomposed forms are): ``Report.csv`` then ``report.csv`` would be one file
+    there, so the second becomes ``report.csv%v2``. Folders ``Data`` and ``data`` may share
+    one folder there: harmless, since the files inside are compared the same way.
     """
 
     __slots__ = ("_aliases", "_files", "_folders")
 
     def __init__(self) -> None:
-        self._files: set[str] = set()
-        self._folders: set[str] = set()
+        self._files: set[str] = set()  # folded names (see _fold)
+        self._folders: set[str] = set()  # folded names
         self._aliases: dict[str, str] = {}  # a folder's plain name -> the name it got
 
     def assign(self, bucket: str, key: str) -> str:
@@ -146,9 +228,11 @@ class MemberNames:
         if folder is None:
             folder = self._new_folder(head)
         name = f"{folder}/{leaf}"
-        if name in self._files or name in self._folders:
+        folded = _fold(name)
+        if folded in self._files or folded in self._folders:
             name = self._free(name)
-        self._files.add(name)
+            folded = _fold(name)
+        self._files.add(folded)
         return name
 
     def _new_folder(self, plain: str) -> str:
@@ -162,16 +246,28 @@ class MemberNames:
         folder = self._aliases[known] if known else ""
         for path in reversed(new):
             wanted = f"{folder}/{path.rpartition('/')[2]}" if folder else path
-            folder = wanted if wanted not in self._files else self._free(wanted)
+            folder = wanted if _fold(wanted) not in self._files else self._free(wanted)
             self._aliases[path] = folder
-            self._folders.add(folder)
+            self._folders.add(_fold(folder))
         return folder
 
     def _free(self, name: str) -> str:
         n = 2
-        while f"{name}%v{n}" in self._files or f"{name}%v{n}" in self._folders:
+        while _fold(f"{name}%v{n}") in self._files or _fold(f"{name}%v{n}") in self._folders:
             n += 1
         return f"{name}%v{n}"
+
+
+def _fold(name: str) -> str:
+    """``name`` as a case-insensitive file system sees it: equal folds may be one file there.
+
+    Decomposed (APFS also ignores normalisation), upper-cased (NTFS compares upper case: ``ı``
+    and ``i`` are one name there) and case folded (``ß`` and ``ss``): never finer than
+    either system, so a collision is never missed; a few names get a suffix they did not need.
+    """
+    if name.isascii():
+        return name.lower()
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).upper().casefold())
 
 
 def new_archive_id(now: datetime) -> str:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.archive.tarstream import TarStream
-from aggregator.base.names import MemberNames, member_name, unescape_member
+from aggregator.base.names import MemberNames, is_shortened, member_name, unescape_member
 
 # Characters that make names dangerous or ambiguous, mixed with arbitrary Unicode.
 _TRICKY = st.sampled_from(["/", ".", "..", "%", "%2E", "%v2", "%%", "\x00", "\x1f", "\x7f", "\x85", "\\", " ", "\n"])
@@ -37,7 +37,10 @@ def assert_safe(name: str) -> None:
 def test_every_key_gives_a_safe_reversible_name(bucket: str, key: str) -> None:
     name = member_name(bucket, key)
     assert_safe(name)
-    assert unescape_member(name) == (bucket, key)
+    if is_shortened(name):  # a segment over 245 bytes once escaped: only the manifest has the key
+        assert all(len(segment.encode()) <= 245 for segment in name.split("/"))
+    else:
+        assert unescape_member(name) == (bucket, key)
 
 
 @settings(max_examples=150, deadline=None)

@@ -25,6 +25,7 @@ from aggregator.base.names import (
     archive_key,
     escape_segment,
     escaped_member_name,
+    is_shortened,
     member_name,
     new_archive_id,
     object_id,
@@ -150,6 +151,74 @@ def test_member_name_examples(key: str, member: str) -> None:
     assert unescape_member(member) == ("src", key)
 
 
+# --- member names: segments longer than a file name --------------------------------------------
+
+
+def test_a_long_segment_is_shortened_to_a_prefix_a_hash_and_its_extension() -> None:
+    segment = "x" * 300 + ".json"
+    name = member_name("src", f"logs/{segment}")
+    digest = hashlib.sha256(segment.encode()).hexdigest()
+    bucket, folder, leaf = name.split("/")
+    assert (bucket, folder) == ("src", "logs")
+    assert leaf == "x" * (245 - 2 - 64 - 5) + "%h" + digest + ".json"
+    assert len(leaf.encode()) == 245 and is_shortened(leaf) and not is_shortened("logs")
+    assert escaped_member_name("src", f"logs/{segment}") == name
+    with pytest.raises(ValueError, match="shortened"):
+        unescape_member(name)
+
+
+@pytest.mark.parametrize("size", [244, 245])
+def test_a_segment_up_to_245_bytes_is_kept_whole(size: int) -> None:
+    assert member_name("src", "k" * size) == f"src/{'k' * size}"
+    assert member_name("src", "é" * (size // 2)) == f"src/{'é' * (size // 2)}"
+    assert is_shortened(member_name("src", "k" * (size + 2)))
+
+
+def test_escapes_count_and_are_never_cut_in_two() -> None:
+    """82 control characters are 246 bytes escaped: shortened, and the prefix ends on a whole escape."""
+    leaf = member_name("src", "\x01" * 82).split("/")[1]
+    prefix = leaf.partition("%h")[0]
+    assert re.fullmatch("(%01)+", prefix), prefix
+    assert member_name("src", "\x01" * 81) == "src/" + "%01" * 81
+    for shift in range(1, 4):  # whatever the cut position, no escape is split
+        prefix = member_name("src", "a" * shift + "%" * 100).split("/")[1].partition("%h")[0]
+        assert re.fullmatch("a+(%25)+", prefix), prefix
+
+
+def test_multibyte_characters_are_never_cut_in_two() -> None:
+    for key in ("é" * 200, "日" * 100, "📷" * 100, "a" + "📷" * 100, "ab" + "日" * 100):
+        leaf = member_name("src", key).split("/")[1]
+        leaf.encode("utf-8")
+        assert is_shortened(leaf) and len(leaf.encode()) <= 245
+
+
+@pytest.mark.parametrize("segment", ["CON" + "x" * 300, "con." + "x" * 300, "nul " + "y" * 300, "x" * 300 + ".",
+                                     "x" * 300 + " ", "." * 300, " " * 300, "a" * 300 + ". ", "a" * 300 + "." + "%" * 5,
+                                     "a" * 300 + ".very-long-extension-here", "\u202e" * 100 + ".exe"])
+def test_shortened_segments_stay_safe(segment: str) -> None:
+    name = member_name("src", segment)
+    assert_safe(name)
+    assert is_shortened(name)
+
+
+def test_shortened_segments_of_different_keys_differ() -> None:
+    """Same prefix, different tails: the hash of the whole segment tells them apart."""
+    a, b = "p" * 400 + "1", "p" * 400 + "2"
+    assert member_name("src", a) != member_name("src", b)
+    assert member_name("src", a).partition("%h")[0] == member_name("src", b).partition("%h")[0]
+    # A key spelled like a shortened name is escaped, so it cannot take that name.
+    shortened = member_name("src", a).split("/")[1]
+    assert member_name("src", shortened) != member_name("src", a)
+
+
+def test_many_versions_of_a_shortened_key_stay_within_a_file_name() -> None:
+    names = MemberNames()
+    assigned = [names.assign("src", "d" * 300 + "/" + "f" * 300) for _ in range(12)]
+    assert len(set(assigned)) == 12
+    for name in assigned:
+        assert all(len(segment.encode()) <= 255 for segment in name.split("/")), name
+
+
 def test_segment_escaping_is_exact() -> None:
     assert escape_segment("") == "%"
     assert escape_segment(".") == "%2E"
@@ -168,7 +237,12 @@ _PARTS = st.sampled_from(
      "é", "日本", "📷", "\\", "#", "a", "b", "C:", ":", "CON", "nul", "com1", "Lpt\u00b9",
      ".txt", " ", ". ", "\u202e", "\u200b", "\ufeff", "\u00ad", "\U000e0041", "*", "?", "<", '"', "|"]
 )
+# S3 takes 1,024 bytes of key: one segment can be longer than a file name, before or after escaping.
+long_keys = st.tuples(st.sampled_from(["", "a/", "/", "x" * 300 + "/"]), _PARTS, st.integers(60, 400),
+                      st.sampled_from(["", ".json", ".tar.gz", "/tail", "."])).map(
+    lambda t: (t[0] + t[1] * t[2] + t[3]).encode()[:1024].decode("utf-8", "ignore"))
 keys = st.one_of(
+    long_keys,
     st.lists(_PARTS, max_size=12).map("".join),
     st.text(st.characters(codec="utf-8"), max_size=60),
     st.lists(st.sampled_from(["", ".", "..", "x", "%", " "]), max_size=6).map("/".join),
@@ -218,6 +292,17 @@ def assert_safe(name: str) -> None:
     assert not any(_invisible(c) for c in name), name  # no control, bidi or zero-width character
 
 
+def assert_reversible(name: str, bucket: str, key: str) -> None:
+    """Undoing the escapes gives the key back, unless a segment had to be shortened."""
+    for segment in name.split("/"):
+        assert len(segment.encode("utf-8")) <= 245, name  # 255 for a file name, 10 for a %vN suffix
+    if any(is_shortened(segment) for segment in name.split("/")):
+        with pytest.raises(ValueError, match="shortened"):
+            unescape_member(name)
+    else:
+        assert unescape_member(name) == (bucket, key)
+
+
 @hsettings(deadline=None, max_examples=500)
 @given(buckets, keys)
 def test_member_name_is_safe_and_reversible(bucket: str, key: str) -> None:
@@ -225,7 +310,7 @@ def test_member_name_is_safe_and_reversible(bucket: str, key: str) -> None:
     assert_safe(name)
     assert unescape_segment(name.split("/")[0]) == bucket
     assert "%v" not in name  # reserved for MemberNames' version suffix
-    assert unescape_member(name) == (bucket, key)
+    assert_reversible(name, bucket, key)
 
 
 @hsettings(deadline=None, max_examples=1000)
@@ -311,6 +396,52 @@ def test_a_file_and_a_folder_of_the_same_name_get_distinct_names() -> None:
     names = MemberNames()
     assert [names.assign("src", k) for k in ("a/b", "a", "a/b/c", "a/b")] == [
         "src/a/b", "src/a%v2", "src/a/b%v2/c", "src/a/b%v3"]
+
+
+def test_names_equal_but_for_case_get_distinct_names() -> None:
+    """macOS and Windows ignore case by default: 'Report.csv' and 'report.csv' would be one file."""
+    names = MemberNames()
+    assert [names.assign("src", k) for k in ("data/Report.csv", "data/report.csv", "DATA/REPORT.CSV", "Data/x",
+                                              "data/y", "data/X")] == [
+        "src/data/Report.csv", "src/data/report.csv%v2", "src/DATA/REPORT.CSV%v3", "src/Data/x", "src/data/y",
+        "src/data/X%v2"]
+
+
+def test_a_file_and_a_folder_equal_but_for_case_get_distinct_names() -> None:
+    names = MemberNames()
+    assert [names.assign("src", k) for k in ("a", "A/b", "B/c", "b")] == ["src/a", "src/A%v2/b", "src/B/c", "src/b%v2"]
+
+
+@pytest.mark.parametrize(("first", "second"), [("straße", "STRASSE"), ("caf\u00e9", "cafe\u0301"), ("ı", "i"),
+                                               ("Ω", "ω"), ("ǅ", "ǆ")])
+def test_names_equal_to_a_case_insensitive_file_system_get_distinct_names(first: str, second: str) -> None:
+    """Unicode folding (ß and ss), normalisation (APFS: é and e + combining accent), NTFS's upper case (ı and i)."""
+    names = MemberNames()
+    assert names.assign("src", first) == f"src/{first}"
+    assert names.assign("src", second) == f"src/{second}%v2"
+
+
+def test_names_differing_beyond_case_are_kept() -> None:
+    names = MemberNames()
+    assert [names.assign("src", k) for k in ("a", "b", "ä", "a.txt", "A-")] == [
+        "src/a", "src/b", "src/ä", "src/a.txt", "src/A-"]
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).upper().casefold())
+
+
+@hsettings(deadline=None, max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(["src", "SRC"]),
+                          st.lists(st.sampled_from(["a", "A", "ß", "ss", "SS", "é", "e\u0301", "É", "x"]), min_size=1,
+                                   max_size=4).map("/".join)), max_size=30))
+def test_no_two_names_and_no_name_and_folder_are_equal_ignoring_case(objects: list[tuple[str, str]]) -> None:
+    names = MemberNames()
+    assigned = [names.assign(bucket, key) for bucket, key in objects]
+    folded = [_fold(name) for name in assigned]
+    assert len(set(folded)) == len(folded), assigned
+    folders = {_fold(folder) for name in assigned for folder in _folders(name)}
+    assert not folders & set(folded), assigned
 
 
 def test_a_bucket_and_a_key_of_the_same_name_do_not_clash() -> None:
