@@ -2,9 +2,13 @@
 
 ``tarfile`` in stream mode takes an archive cut at a member boundary for a complete one;
 reading back what was uploaded needs the opposite, so this reader requires the two zero
-blocks that end an archive and raises :class:`ArchiveReadError` without them. It
-understands ustar headers and pax ``x`` (``path``, ``size``) and ``g`` headers; other
-entry types are listed with their names and sizes and their data is skipped.
+blocks that end an archive, then zeros up to the end of a whole 10,240-byte record (the
+writer, GNU tar and tarfile always pad to one), and raises :class:`ArchiveReadError`
+without them. Every byte is looked at: the padding after each header's and member's data
+must be zeros too, so a changed byte anywhere in an uncompressed archive is noticed (the
+rest is covered by header checksums and the manifest's hashes). It understands ustar
+headers and pax ``x`` (``path``, ``size``) and ``g`` headers; other entry types are listed
+with their names and sizes and their data is skipped.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from dataclasses import dataclass
 from typing import BinaryIO, Final
 
 from aggregator.archive.errors import ArchiveReadError
+from aggregator.archive.tarstream import BLOCK as _BLOCK
+from aggregator.archive.tarstream import RECORD as _RECORD
 
-_BLOCK: Final = 512
 _ZERO_BLOCK: Final = bytes(_BLOCK)
 _SKIP_BYTES: Final = 1 << 20
 
@@ -45,22 +50,32 @@ class TarEntry:
 
 
 def iter_entries(stream: BinaryIO) -> Iterator[TarEntry]:
-    """Yield each entry in order; data not read by the caller is skipped."""
+    """Yield each entry in order; data not read by the caller is skipped.
+
+    Reads the archive to the end of its last record: a caller that then finds more bytes
+    (other than a compressed stream's end) has found data after the archive.
+    """
     pax: dict[str, str] = {}
+    offset = 0  # bytes of the tar stream read so far, at block boundaries
     while True:
         header = _read_exact(stream, _BLOCK, what="a tar header", allow_eof=True)
         if not header:
             raise ArchiveReadError("archive ends without its end-of-archive blocks: truncated")
+        offset += _BLOCK
         if header == _ZERO_BLOCK:
             second = _read_exact(stream, _BLOCK, what="the end-of-archive blocks", allow_eof=True)
             if second != _ZERO_BLOCK:
                 raise ArchiveReadError("a single zero block where the end of archive needs two")
+            offset += _BLOCK
+            padding = -offset % _RECORD
+            _expect_zeros(stream, padding, what="the padding of the archive's last record")
             return
         name, size, typeflag = _parse_header(header)
         padded = size + (-size % _BLOCK)
         if typeflag in (b"x", b"g"):
             records = _parse_pax(_read_exact(stream, size, what="a pax header"))
-            _skip(stream, padded - size)
+            _expect_zeros(stream, padded - size, what="the padding of a pax header")
+            offset += padded
             if typeflag == b"x":
                 pax = records
             continue
@@ -72,7 +87,9 @@ def iter_entries(stream: BinaryIO) -> Iterator[TarEntry]:
         pax = {}
         entry = TarEntry(name=name, size=size, typeflag=typeflag, _stream=stream, _unread=size)
         yield entry
-        _skip(stream, entry._unread + (padded - size))
+        _skip(stream, entry._unread)
+        _expect_zeros(stream, padded - size, what=f"the padding of member {name!r}")
+        offset += padded
 
 
 def _parse_header(block: bytes) -> tuple[str, int, bytes]:
@@ -142,3 +159,9 @@ def _skip(stream: BinaryIO, n: int) -> None:
         step = min(n, _SKIP_BYTES)
         _read_exact(stream, step, what="member data")
         n -= step
+
+
+def _expect_zeros(stream: BinaryIO, n: int, *, what: str) -> None:
+    """Read ``n`` bytes that must all be zero (the writer wrote zeros: anything else was changed)."""
+    if n and _read_exact(stream, n, what=what).count(0) != n:
+        raise ArchiveReadError(f"non-zero bytes in {what}: the archive was changed or is corrupt")

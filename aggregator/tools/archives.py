@@ -4,7 +4,8 @@ An archive is a local file or ``s3://BUCKET/KEY`` on MinIO. The stored bytes are
 as they stream by (compared with the ``sha256_checksum`` metadata when the archive comes
 from MinIO), decompressed with the codec its name ends in, walked member by member with
 the strict tar reader (:mod:`aggregator.archive.tarread`: a missing end-of-archive block
-is a truncation, not an end), each member hashed, and the last member, ``MANIFEST.json``,
+or record padding is a truncation, not an end; padding that is not zeros was changed),
+each member hashed, and the last member, ``MANIFEST.json``,
 compared with what was read: same members in the same order, sizes and SHA-256 equal,
 nothing missing or extra. Each finding is one line naming the archive and the member.
 """
@@ -113,12 +114,13 @@ class _HashingReader:
         self.size += len(data)
         return data
 
-    def drain(self) -> bytes:
-        """Whatever is left, hashed; returned (it should be nothing, or tar record padding)."""
-        rest = []
+    def drain(self) -> int:
+        """Whatever is left, hashed (so the stored SHA-256 covers it); returns how many bytes
+        that was, which should be none."""
+        count = 0
         while chunk := self.read(_READ_BYTES):
-            rest.append(chunk)
-        return b"".join(rest)
+            count += len(chunk)
+        return count
 
 
 @dataclass(frozen=True)
@@ -208,12 +210,13 @@ def _walk(hashing: _HashingReader, codec: str, result: ArchiveCheck, sink: Membe
         if out is not None:
             out.close()
         result.members.append(MemberSeen(entry.name, size, digest.hexdigest()))
-    # Past the end-of-archive blocks: the codec's end marker (a truncated frame fails
-    # here) and, uncompressed, the record padding, which must be zeros.
-    trailing = b"".join(iter(lambda: stream.read(_READ_BYTES), b""))
+    # iter_entries has read the end blocks and the zeros to the end of their record (the
+    # writer always ends on a whole record). Past them: only the codec's end marker (a
+    # truncated frame fails here); any byte more, even a zero, is not what was written.
+    trailing = sum(len(chunk) for chunk in iter(lambda: stream.read(_READ_BYTES), b""))
     trailing += hashing.drain()
-    if trailing.strip(b"\x00"):
-        result.problem(f"{len(trailing)} bytes of data after the end of the archive")
+    if trailing:
+        result.problem(f"{trailing} bytes after the end of the archive's last record")
     if last_name is None:
         result.problem(f"archive has no members, so no {MANIFEST_NAME}")
     elif manifest_bytes is None:

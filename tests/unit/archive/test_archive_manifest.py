@@ -84,11 +84,9 @@ def test_read_manifest_streams_to_the_end(codec: str, kit: Any) -> None:
 
 def test_truncated_archives_are_refused_at_every_cut(codec: str, kit: Any) -> None:
     data = small_archive(codec, kit)
+    # Uncompressed too, up to the last byte: the writer always ends on a whole 10,240-byte
+    # record, so an archive cut in the padding after its end blocks was cut.
     end = len(data)
-    if codec == "none":
-        # Uncompressed, only the two end blocks prove completeness; the record padding
-        # after them is not content.
-        end = -(-len(data.rstrip(b"\x00")) // 512) * 512 + 1024
     step = max(1, end // 97)
     for cut in sorted({*range(0, end, step), end - 1, end - 4, end - 513}):
         with pytest.raises(ArchiveReadError):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from aggregator.archive import SizeMismatch, WriterBroken, WriterClosed
+from aggregator.archive.errors import ArchiveReadError
 from aggregator.archive.tarread import iter_entries
 from aggregator.archive.tarstream import BLOCK, RECORD, TarStream, member_header
 
@@ -176,3 +177,55 @@ def test_strict_reader_lists_what_tarfile_lists() -> None:
     raw = tar_of(build)
     entries = [(entry.name, entry.size, entry.read()) for entry in iter_entries(io.BytesIO(raw))]
     assert entries == [(name, len(data), data) for name, data in build]
+
+
+# --- the strict reader: every byte the writer wrote is looked at ---------------------------------
+
+
+def _read_all(raw: bytes) -> list[tuple[str, bytes]]:
+    return [(entry.name, entry.read()) for entry in iter_entries(io.BytesIO(raw))]
+
+
+def _layout(raw: bytes) -> dict[str, list[int]]:
+    """Offsets of the zero padding the writer wrote: after pax data, after member data, and
+    after the two end blocks (to the end of the record)."""
+    padding: dict[str, list[int]] = {"pax": [], "member": [], "record": []}
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
+        infos = archive.getmembers()
+    for info in infos:
+        if info.pax_headers:  # the pax header's own data ends at info.offset_data - 2 blocks, padded
+            pax_start = info.offset + BLOCK
+            pax_end = info.offset_data - BLOCK
+            used = len(raw[pax_start:pax_end].rstrip(b"\x00"))
+            padding["pax"] += range(pax_start + used, pax_end)
+        end = info.offset_data + info.size
+        padding["member"] += range(end, end + (-info.size % BLOCK))
+    last = max(i.offset_data + i.size + (-i.size % BLOCK) for i in infos)
+    padding["record"] += range(last + 2 * BLOCK, len(raw))
+    return padding
+
+
+def test_the_reader_accepts_what_the_writer_wrote() -> None:
+    build = [("b/" + "p" * 150, b"x" * 600), ("b/short", b"12345"), ("b/empty", b""), ("b/block", b"y" * 512)]
+    assert _read_all(tar_of(build)) == build
+
+
+@pytest.mark.parametrize("where", ["pax", "member", "record"])
+def test_a_changed_byte_in_any_padding_is_refused(where: str) -> None:
+    raw = tar_of([("b/" + "p" * 150, b"x" * 600), ("b/short", b"12345")])
+    positions = _layout(raw)[where]
+    assert positions
+    for position in sorted({positions[0], positions[len(positions) // 2], positions[-1]}):
+        changed = bytearray(raw)
+        assert changed[position] == 0
+        changed[position] = 0x41
+        with pytest.raises(ArchiveReadError, match="non-zero bytes in the padding"):
+            _read_all(bytes(changed))
+
+
+@pytest.mark.parametrize("cut", [1, 100, 511, 512, RECORD - 2 * BLOCK - 100])
+def test_an_archive_cut_in_its_last_records_padding_is_truncated(cut: int) -> None:
+    raw = tar_of([("b/one", b"1" * 700)])
+    assert len(raw) == RECORD
+    with pytest.raises(ArchiveReadError, match="truncated"):
+        _read_all(raw[:-cut])

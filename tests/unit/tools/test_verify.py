@@ -95,6 +95,40 @@ def test_a_tar_cut_at_a_member_boundary_is_truncated(tmp_path: Path, capsys: pyt
     assert status == 1 and "truncated" in err
 
 
+@pytest.mark.parametrize("cut", [1, 100, 512, 1024, 4096])
+def test_an_uncompressed_archive_cut_in_its_record_padding_is_truncated(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str],
+                                                                        cut: int) -> None:
+    path = build(tmp_path, OBJECTS[:2], codec="none")
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut])
+    status, out, err = run(capsys, "verify", str(path))
+    assert status == 1 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(f"{path}: ") and "truncated" in err
+
+
+@pytest.mark.parametrize("extra", [b"\x00", bytes(10240), b"appended"])
+def test_bytes_after_the_last_record_are_a_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   extra: bytes) -> None:
+    """The writer ends on a whole record: even zeros after it are not what it wrote."""
+    path = build(tmp_path, OBJECTS[:2], codec="none")
+    path.write_bytes(path.read_bytes() + extra)
+    status, out, err = run(capsys, "verify", str(path))
+    assert status == 1 and out == ""
+    assert err == f"{path}: {len(extra)} bytes after the end of the archive's last record\n"
+
+
+def test_a_changed_byte_in_a_members_padding_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = build(tmp_path, OBJECTS[:2], codec="none")
+    data = bytearray(path.read_bytes())
+    data[512 + len(OBJECTS[0][2]) + 1] = 0xFF  # after a.txt's 600 bytes: its block padding
+    path.write_bytes(bytes(data))
+    status, out, err = run(capsys, "verify", str(path))
+    assert status == 1 and out == ""
+    assert err == (f"{path}: non-zero bytes in the padding of member 'src/a.txt': "
+                   "the archive was changed or is corrupt\n")
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 1000, bytes(range(256)) * 50])
 @pytest.mark.parametrize("suffix", [".tar.zst", ".tar.gz", ".tar"])
 def test_garbage_is_a_problem_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes,
