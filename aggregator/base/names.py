@@ -33,7 +33,7 @@ by escaping) to a name already taken: a second version of the same key, a key wh
 the folder of an earlier key (``a/b`` then ``a``: the file becomes ``a%v2``), and a folder
 whose name an earlier key holds as a file (``a`` then ``a/b``: the folder becomes ``a%v2``,
 and every later key below ``a/`` follows it). Names are compared as the case-insensitive
-file systems of macOS and Windows compare them (case folded, canonically decomposed), so
+file systems of macOS and Windows compare them (decomposed, upper-cased, case folded), so
 ``Report.csv`` then ``report.csv`` gives ``report.csv%v2``. The manifest records each
 member's key.
 """
