@@ -15,7 +15,7 @@ byte leaves, so the upload is atomic by construction:
   The whole-archive digest is recomputed on the way and compared before
   CompleteMultipartUpload. Any failure before the Complete aborts the upload.
 
-Once PUBLISHED, an empty marker :func:`published_key` goes beside the sidecar. The archive
+Once PUBLISHED, a small marker :func:`published_key` goes beside the sidecar. The archive
 is the consumer's to take away; when it has, the marker still says that it was published,
 and the sidecar what it held, so a late redelivery of its objects is a duplicate, not new
 work (:meth:`MinioTarget.listing`). Without the marker, a missing archive means "never
@@ -205,7 +205,7 @@ def sidecar_key(archive_key: str) -> str:
 
 
 def published_key(archive_key: str) -> str:
-    """The empty marker written once ``archive_key`` is published (it outlives the archive)."""
+    """The marker written once ``archive_key`` is published (it outlives the archive)."""
     return SIDECAR_PREFIX + archive_key + ".published"
 
 
@@ -249,7 +249,7 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
         _guard.value = None  # the HEAD below creates nothing
         if _holds_archive(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex):
             logger.warning("publish answer lost but the archive is stored", extra={"key": key, "reason": reason})
-            _mark_published(client, bucket=bucket, key=key, deadline=deadline)
+            _mark_published(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex, deadline=deadline)
             return Publication(PublishOutcome.PUBLISHED, reason)
         logger.error("publish outcome unknown: claims are kept until the lease ends",
                      extra={"key": key, "reason": reason})
@@ -258,20 +258,27 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
         _guard.value = None
     logger.info("archive published", extra={"bucket": bucket, "key": key, "size": size, "parts": parts,
                                             "sha256": sha256_hex})
-    _mark_published(client, bucket=bucket, key=key, deadline=deadline)
+    _mark_published(client, bucket=bucket, key=key, size=size, sha256_hex=sha256_hex, deadline=deadline)
     return Publication(PublishOutcome.PUBLISHED, parts=parts)
 
 
-def _mark_published(client: S3Client, *, bucket: str, key: str, deadline: Deadline | None) -> None:
+def _mark_published(client: S3Client, *, bucket: str, key: str, size: int, sha256_hex: str,
+                    deadline: Deadline | None) -> None:
     """The marker that outlives the archive. Best effort: the archive is published whatever
     happens here; without the marker, only a redelivery arriving after the consumer took the
     archive away would archive its objects again. Not started past the write cutoff, like
-    every write."""
+    every write. It names the archive it vouches for (an empty body also tripped a
+    S3-compatible server here: its answer to the empty PUT spilled into the next request's
+    on the same connection)."""
     if deadline is not None and not deadline.may_start_write():
         logger.warning("no time left to mark a published archive", extra={"key": key})
         return
+    body = json.dumps({"archive_key": key, "size": size, "sha256": sha256_hex}).encode()
+    digest = hashlib.sha256(body).digest()
     try:
-        _call("PutObject published marker", lambda: client.put_object(Bucket=bucket, Key=published_key(key), Body=b""))
+        _call("PutObject published marker", lambda: client.put_object(
+            Bucket=bucket, Key=published_key(key), Body=body, ContentType="application/json",
+            Metadata={METADATA_KEY: digest.hex()}, ChecksumSHA256=base64.b64encode(digest).decode()))
     except DeliveryError as e:
         logger.warning("could not mark a published archive", extra={"key": key, "error": str(e)})
 

@@ -38,8 +38,8 @@ KEYS = [
     "ctl\x01\x1b[2J\x7f\x9b",
     "new\nline",
     "%2E%2E",
-    # Long keys, each segment within the 255 bytes a Linux file name can hold: a
-    # 1,000-byte single segment is archived fine but no file system can extract it.
+    # Long keys, each segment within the 255 bytes a Linux file name can hold (longer
+    # segments are shortened in the member name: tests/unit/archive).
     "/".join(f"segment-{i:03d}-" + "k" * 240 for i in range(4)),
     "日本語/ファイル名.txt",
     "é" * 120 + "/" + "ü" * 120,

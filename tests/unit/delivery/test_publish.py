@@ -92,8 +92,8 @@ class FakeS3:
             name = "PutMarker"
         else:
             name = "PutSidecar" if Key.startswith("_manifests/") else "PutObject"
-            assert Metadata is not None and ChecksumSHA256 is not None
-            self._check(Body, ChecksumSHA256)
+        assert Metadata is not None and ChecksumSHA256 is not None
+        self._check(Body, ChecksumSHA256)
         self._maybe_fail(name)
         assert isinstance(Body, bytes)
         self.objects[(Bucket, Key)] = (Body, {} if self.drop_metadata and name == "PutObject" else dict(Metadata or {}))

@@ -28,23 +28,6 @@ def test_an_uncompressed_archive_missing_its_last_bytes_is_truncated(tmp_path: P
     assert status == 1
 
 
-@pytest.mark.xfail(strict=True, reason="contract section 3: 'endpoint_url (required, http or https)' "
-                                       "(an http:// MinIO is refused with ENVIRONMENT=prod unless MINIO_ALLOW_HTTP)")
-def test_an_http_minio_endpoint_is_accepted_in_every_environment() -> None:
-    import json
-
-    from aggregator.base.settings import Settings
-    from aggregator.delivery.secret import MinioSecret
-
-    secret = json.dumps({"endpoint_url": "http://minio.internal:9000", "access_key": "a", "secret_key": "b",
-                         "bucket": "archives"})
-    for environment in ("dev", "staging", "prod"):
-        settings = Settings.from_env({"IDEMPOTENCY_TABLE_NAME": "t", "MINIO_SECRET_ID": "s",
-                                      "ENVIRONMENT": environment})
-        # The composition lambda_app.build_dependencies uses.
-        assert MinioSecret.from_json(secret, allow_http=settings.minio_http_allowed).endpoint_url.startswith("http:")
-
-
 @pytest.mark.parametrize("command", ["verify", "extract"])
 def test_a_changed_byte_in_an_uncompressed_archives_padding_is_tampering(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str],
