@@ -4,7 +4,8 @@ The invocation runs the real ``handler.handler`` in a child process (tests/suppo
 against moto (source S3, claims, secret) and SeaweedFS (the MinIO stand-in), and is killed
 with SIGKILL, its whole process group, at a chosen step or after a random delay. Then the
 same messages are delivered again from one second after the dead invocation's lease end
-(its deadline plus LEASE_GRACE_SECONDS: 1 s in these tests, the default 30 s in one), and
+(its deadline plus LEASE_GRACE_SECONDS: 1 s in these tests; one keeps the default 30 s and
+checks the stored leases and a redelivery inside them instead of sleeping 30 s), and
 every one must be acknowledged, with every object in exactly one archive: counted from
 the manifests of all archives under the scenario's prefix (never extracted to disk), the
 archived bytes equal to the uploaded version's, each claim naming an archive that lists
@@ -192,22 +193,38 @@ def test_killed_before_publish_and_redelivered_before_the_lease_ends_waits(world
     assert batch.problems() == []
 
 
+DEFAULT_GRACE_S = 30  # CONTRACT.md section 2: LEASE_GRACE_SECONDS's default
+
+
 def test_killed_mid_fetch_with_the_default_grace(world: World, tmp_path: Path) -> None:
-    """The other kill tests shorten LEASE_GRACE_SECONDS to 1 s; this one keeps the default
-    30 s: a redelivery between the deadline and the lease end waits, one after it settles."""
+    """The other kill tests shorten LEASE_GRACE_SECONDS to 1 s; this one keeps the default:
+    the dead invocation's claims hold until its deadline + 30 s, and a redelivery between
+    the deadline and that lease end waits (fails every message, archives nothing).
+
+    It does not sleep the 30 s to see the settle after the lease end: whether a claim is
+    over is decided by the ``LeaseUntil`` stored in it alone (aggregator/claims/store.py),
+    whatever the grace of the invocation that reads it, and the stored value is checked
+    here; the settle one second after a stored lease end is what every 1 s-grace test in
+    this file proves. The grace's parsing is tests/unit/base/test_settings.py's.
+    """
     batch = new_batch(world, random.Random(10), objects=8, prefix="kill")
     del batch.env["LEASE_GRACE_SECONDS"]
     with Function(batch.env, log_dir=tmp_path, name="killed") as function:
         killed = function.invoke(batch.event(), timeout_s=KILLED_TIMEOUT_S, plan=[kill_at("fetch.item", nth=3)])
     assert killed.outcome == "killed"
+    # Every object was claimed before the fetch began, each until the deadline + the default
+    # grace. (The child's deadline is the context's, truncated to the millisecond.)
+    claims = world.claims(batch.table)
+    assert len(claims) == len(batch.objects)
+    graces = [float(claim["LeaseUntil"]) - killed.deadline for claim in claims.values()]
+    assert all(abs(grace - DEFAULT_GRACE_S) < 0.5 for grace in graces), graces
     with Function(batch.env, log_dir=tmp_path, name="in-grace") as function:
         wait_past(killed.deadline)
         in_grace = function.invoke(batch.event(again=True), timeout_s=REDELIVERY_TIMEOUT_S)
     assert time.time() < lease_end(batch, killed.deadline)
     assert sorted(in_grace.failed_ids) == sorted(m.message_id for m in batch.messages)
-    again = redeliver(batch, tmp_path, after=killed.deadline)
-    assert_all_acknowledged(again)
-    assert batch.problems() == []
+    assert batch.scan().archives == []
+    assert world.claims(batch.table) == claims  # the redelivery took nothing over
 
 
 def test_killed_after_publish_when_the_event_has_no_version_id(world: World, tmp_path: Path) -> None:
