@@ -142,6 +142,34 @@ def ensure(arch: str, *, stage: str = "dev", build: Path = BUILD, extra: tuple[s
     return out
 
 
+def ensure_apart(arch: str, *, stage: str = "dev", build: Path = BUILD, extra: tuple[str, ...] = ()) -> Artifact:
+    """:func:`ensure`, packaging a copy of the inputs rather than the repository itself.
+
+    Serverless and its python-requirements plugin work in ``.serverless/`` beside
+    serverless.yml, so two packagings of one tree at once would mix their requirements;
+    one of a copy may run beside one of the tree (the e2e tests build the deploy artifact
+    while the twin builds). The copy holds the inputs (:data:`INPUT_FILES`,
+    :data:`INPUT_TREES`), so the zip is the tree's while the package patterns let in
+    handler.py and aggregator/ only (tests/e2e/test_serverless_config.py checks the twin,
+    packaged from the tree, for anything more).
+    """
+    out = artifact(arch, build=build)
+    digest = inputs_digest(arch, stage=stage, extra=extra)
+    if up_to_date(out, digest):
+        return out
+    with tempfile.TemporaryDirectory(prefix="sls-service-") as scratch:
+        root = Path(scratch)
+        for name in INPUT_FILES:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, root / name)
+        for tree in INPUT_TREES:
+            shutil.copytree(REPO_ROOT / tree, root / tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
+        package(arch, stage=stage, build=build, extra=extra, root=root)
+    out.stamp_path.write_text(digest + "\n")
+    return out
+
+
 def package(arch: str, *, stage: str = "dev", build: Path = BUILD, extra: tuple[str, ...] = (),
             root: Path = REPO_ROOT) -> Artifact:
     """``serverless package`` for one architecture, bytecode added; unzipped too when it is

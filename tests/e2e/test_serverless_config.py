@@ -1,15 +1,19 @@
 """The deployed shape, read from what `serverless package` really produces.
 
-`npx serverless package --stage dev` runs once per session, with no AWS credentials and
-no docker, into a temporary directory; the tests read its CloudFormation template and
-zip. `serverless print` resolves every stage's configuration for the per-stage checks.
+The deploy artifact, `serverless package --stage dev` for arm64 with the bytecode that
+`make package` adds (local/artifact.py), with no AWS credentials and no docker: built
+beside the e2e tests' twin and reused while its inputs are unchanged (tests/e2e/conftest.py);
+the tests read its CloudFormation template and zip. `serverless print` resolves every
+stage's configuration for the per-stage checks.
 The sample events in events/ are checked here too: they are part of the deploy surface
 (`serverless invoke local -p events/...`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.util
 import inspect
 import json
 import os
@@ -89,11 +93,10 @@ class Package:
 
 
 @pytest.fixture(scope="session")
-def package(tmp_path_factory: pytest.TempPathFactory) -> Package:
-    out = tmp_path_factory.mktemp("serverless-package")
-    result = serverless("package", "--stage", "dev", "--package", str(out))
-    assert result.returncode == 0, f"serverless package failed:\n{result.stdout}\n{result.stderr}"
-    template = json.loads((out / "cloudformation-template-update-stack.json").read_text())
+def package(deploy_artifact: artifact.Artifact) -> Package:
+    """The deploy artifact as `make package` builds it (tests/e2e/conftest.py)."""
+    out = deploy_artifact.directory
+    template = json.loads(deploy_artifact.template_path.read_text())
     state = json.loads((out / "serverless-state.json").read_text())
     return Package(out, template, state)
 
@@ -459,6 +462,12 @@ def test_alarms_watch_dlq_backlog_errors_and_throttles(package: Package) -> None
 # -- the zip --------------------------------------------------------------------------------------
 
 
+# Never meant to ship.
+UNWANTED_TOP_LEVEL = {"tests", "node_modules", "benchmarks", "scripts", "events", "docs", "local", ".venv",
+                      ".serverless", "package.json", "package-lock.json", "serverless.yml", "requirements.txt",
+                      "bin", "build"}
+
+
 def test_zip_holds_handler_package_and_arm64_dependencies_only(package: Package) -> None:
     with zipfile.ZipFile(package.zip_path) as archive:
         names = [info.filename for info in archive.infolist() if not info.is_dir()]
@@ -471,18 +480,21 @@ def test_zip_holds_handler_package_and_arm64_dependencies_only(package: Package)
                        "jmespath", "urllib3", "dateutil", "aws_xray_sdk", "wrapt"):
             assert f"{module}/__init__.py" in names, module
         assert "six.py" in names
-        # Never meant to ship.
-        unwanted = {"tests", "node_modules", "benchmarks", "scripts", "events", "docs", "local", ".venv",
-                    ".serverless", "package.json", "package-lock.json", "serverless.yml", "requirements.txt", "bin",
-                    "build"}
-        assert not top & unwanted, top & unwanted
-        # Bytecode only for the requirements, hash-checked (valid whatever the zip's timestamps).
+        assert not top & UNWANTED_TOP_LEVEL, top & UNWANTED_TOP_LEVEL
+        # Bytecode hash-checked (valid whatever the zip's timestamps). The project's own is
+        # compiled from the zip's sources, never the development tree's __pycache__.
         compiled = [n for n in names if n.endswith(".pyc")]
         assert any(n.startswith("botocore/__pycache__/") for n in compiled)
-        assert not [n for n in compiled if n.startswith("aggregator/")]
         for name in compiled[:50]:
             flags = int.from_bytes(archive.read(name)[4:8], "little")
             assert flags & 1, f"{name} is not a hash-based .pyc"
+        sources = [n for n in names if n.startswith("aggregator/") and n.endswith(".py")]
+        assert sorted(n for n in compiled if n.startswith("aggregator/")) == sorted(
+            importlib.util.cache_from_source(n) for n in sources)
+        for source in sources:
+            header = archive.read(importlib.util.cache_from_source(source))[:16]
+            assert header[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(header[4:8], "little") & 1, source
+            assert header[8:16] == importlib.util.source_hash(archive.read(source)), f"{source}: stale bytecode"
         assert not [n for n in names if n.endswith(".pyi") or n.startswith("zstandard/_cffi")]
         shared = [n for n in names if n.endswith(".so")]
         assert any(n.startswith("zstandard/") for n in shared)
@@ -494,6 +506,20 @@ def test_zip_holds_handler_package_and_arm64_dependencies_only(package: Package)
             assert int.from_bytes(header[18:20], "little") == EM_AARCH64, f"{name} is not an arm64 binary"
         assert sum(info.file_size for info in archive.infolist()) < 250 * 2**20  # Lambda's unzipped limit
     assert package.zip_path.stat().st_size < 50 * 2**20  # direct upload limit
+    # The bytecode was appended after Serverless hashed the zip: the template names the final one.
+    final = base64.b64encode(hashlib.sha256(package.zip_path.read_bytes()).digest()).decode()
+    assert [v["Properties"]["CodeSha256"] for v in package.of_type("AWS::Lambda::Version").values()] == [final]
+
+
+def test_the_zip_packaged_from_the_repository_ships_nothing_else(twin: artifact.Artifact, package: Package) -> None:
+    """The deploy artifact is packaged from a copy of the build's inputs (local/artifact.py,
+    ensure_apart), where nothing else could leak in; the twin is packaged from the
+    repository itself, with the same patterns."""
+    with zipfile.ZipFile(twin.zip_path) as archive, zipfile.ZipFile(package.zip_path) as deployed:
+        top = {info.filename.split("/")[0] for info in archive.infolist() if not info.is_dir()}
+        assert not top & UNWANTED_TOP_LEVEL, top & UNWANTED_TOP_LEVEL
+        ours = {n for n in archive.namelist() if n == "handler.py" or n.startswith("aggregator/")}
+        assert ours == {n for n in deployed.namelist() if n == "handler.py" or n.startswith("aggregator/")}
 
 
 def test_zip_handler_is_the_repo_handler(package: Package) -> None:
