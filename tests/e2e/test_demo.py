@@ -46,7 +46,7 @@ def _clean_env() -> dict[str, str]:
 
 def test_demo_archives_and_verifies_a_small_data_set(tmp_path: Path, twin: Artifact) -> None:
     # `make demo` runs the packaged function: the unzipped twin, through awslambdaric.
-    options = DemoOptions(objects=60, duplicates=3, progress=False, state_dir=tmp_path / "stack", idle_s=3,
+    options = DemoOptions(objects=60, duplicates=3, progress=False, state_dir=tmp_path / "stack", idle_s=1,
                           max_s=300, task_root=twin.task_root)
     out = io.StringIO()
 
