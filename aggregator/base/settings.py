@@ -25,6 +25,9 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 # margin covers clock skew between the function and DynamoDB's TTL clock, and ExpiresAt's
 # rounding to whole seconds, with room to spare.
 MAX_FUNCTION_TIMEOUT_SECONDS = 900
+# Where the delivery layer keeps manifests and published markers (delivery/publish.py):
+# archives must not mix with them.
+_SIDECAR_FOLDER = "_manifests"
 TTL_MARGIN_SECONDS = 300
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -89,10 +92,11 @@ class Settings:
         if fetch_processes == 0:
             fetch_processes = os.cpu_count() or 1
         prefix = env.get("ARCHIVE_PREFIX", "archives").strip("/")
-        if prefix and (any(seg in ("", ".", "..") for seg in prefix.split("/")) or not prefix.isprintable()):
+        if prefix and (any(seg in ("", ".", "..") for seg in prefix.split("/")) or not prefix.isprintable()
+                       or prefix.split("/")[0] == _SIDECAR_FOLDER):
             raise ConfigError(
                 "ARCHIVE_PREFIX must be a plain key prefix: '/'-separated segments of printable characters, "
-                f"none empty, '.' or '..'; got {prefix!r}"
+                f"none empty, '.' or '..', not under {_SIDECAR_FOLDER}/ (the manifests' folder); got {prefix!r}"
             )
         return cls(
             idempotency_table_name=_required(env, "IDEMPOTENCY_TABLE_NAME"),

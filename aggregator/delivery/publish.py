@@ -262,6 +262,14 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
     return Publication(PublishOutcome.PUBLISHED, parts=parts)
 
 
+def _exists(client: S3Client, *, bucket: str, key: str) -> bool:
+    try:
+        _call("HeadObject", lambda: client.head_object(Bucket=bucket, Key=key))
+    except _NotFound:
+        return False
+    return True
+
+
 def _mark_published(client: S3Client, *, bucket: str, key: str, size: int, sha256_hex: str,
                     deadline: Deadline | None) -> None:
     """The marker that outlives the archive. Best effort: the archive is published whatever
@@ -275,12 +283,15 @@ def _mark_published(client: S3Client, *, bucket: str, key: str, size: int, sha25
         return
     body = json.dumps({"archive_key": key, "size": size, "sha256": sha256_hex}).encode()
     digest = hashlib.sha256(body).digest()
+    _guard.value = _Guard(deadline)  # no SDK retry of it past the cutoff either
     try:
         _call("PutObject published marker", lambda: client.put_object(
             Bucket=bucket, Key=published_key(key), Body=body, ContentType="application/json",
             Metadata={METADATA_KEY: digest.hex()}, ChecksumSHA256=base64.b64encode(digest).decode()))
-    except DeliveryError as e:
+    except (DeliveryError, OutOfTime) as e:
         logger.warning("could not mark a published archive", extra={"key": key, "error": str(e)})
+    finally:
+        _guard.value = None
 
 
 def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size: int, sha256_hex: str,
@@ -528,11 +539,31 @@ class MinioTarget:
         if not self.exists(key):
             if not self.exists(published_key(key)):
                 return None  # never published: a sidecar alone proves nothing (it is written first)
-            return self._sidecar_manifest(key)  # published, then taken away by the consumer
+            taken = self._sidecar_manifest(key)  # published, then taken away by the consumer
+            if taken is None:
+                # Published, but what it held is no longer known: never guess "not archived".
+                raise DeliveryError(f"{key} was published and taken away, and its manifest sidecar is gone")
+            return taken
         manifest = self._sidecar_manifest(key)
         if manifest is None:
             raise NoSidecar(f"{key} has no manifest sidecar (published before sidecars existed)")
+        self._mark_if_unmarked(key)
         return manifest
+
+    def _mark_if_unmarked(self, key: str) -> None:
+        """Write the published marker of an archive found in place without one (its publisher
+        ran out of time or died before writing it), before the consumer takes it away."""
+        def mark(client: S3Client, bucket: str) -> None:
+            if _exists(client, bucket=bucket, key=published_key(key)):
+                return
+            head = _call("HeadObject", lambda: client.head_object(Bucket=bucket, Key=key))
+            _mark_published(client, bucket=bucket, key=key, size=int(head.get("ContentLength", 0)),
+                            sha256_hex=str(head.get("Metadata", {}).get(METADATA_KEY, "")), deadline=None)
+
+        try:
+            self._with_auth_retry(mark)
+        except DeliveryError as e:  # best effort, like the publisher's own
+            logger.warning("could not mark a published archive found unmarked", extra={"key": key, "error": str(e)})
 
     def _sidecar_manifest(self, key: str) -> dict[str, Any] | None:
         """The manifest in ``key``'s sidecar, None without one; DeliveryError when unreadable."""
@@ -559,14 +590,7 @@ class MinioTarget:
         return manifest
 
     def exists(self, key: str) -> bool:
-        def head(client: S3Client, bucket: str) -> bool:
-            try:
-                _call("HeadObject", lambda: client.head_object(Bucket=bucket, Key=key))
-            except _NotFound:
-                return False
-            return True
-
-        return self._with_auth_retry(head)
+        return self._with_auth_retry(lambda client, bucket: _exists(client, bucket=bucket, key=key))
 
     def open_object(self, key: str) -> BinaryIO | None:
         """A streaming reader of ``key`` (close it when done), or None when it does not exist."""

@@ -49,7 +49,10 @@ class SecretRefused(ConfigError):
 
 
 # Secrets Manager's answers that are about the id or the role, not about the moment.
-_REFUSED_CODES = frozenset({"ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure"})
+# InvalidRequestException: the secret is disabled or scheduled for deletion; InvalidParameter
+# and Validation: the id itself is malformed.
+_REFUSED_CODES = frozenset({"ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure",
+                            "InvalidRequestException", "InvalidParameterException", "ValidationException"})
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None
         chunk = bodies[start:start + next(sizes)]
         start += len(chunk)
         limiter.wait_for(len(chunk))
-        failed = _send(sqs, args.queue_url, chunk)
+        failed = _send(sqs, args.queue_url, chunk, limiter=limiter)
         for line, reason in failed:
             problems.add(f"s3://{line['bucket']}/{line['key']}"
                          + (f" (version {line['version_id']})" if line.get("version_id") else "")
@@ -198,8 +198,11 @@ def run(args: argparse.Namespace, env: Environment, *, out: TextIO | None = None
     return EXIT_PROBLEM if problems.count else EXIT_OK
 
 
-def _send(sqs: Any, queue_url: str, chunk: list[tuple[dict[str, Any], str]]) -> list[tuple[dict[str, Any], str]]:
-    """Send one batch, retrying the entries SQS refused as retryable; the ones never sent."""
+def _send(sqs: Any, queue_url: str, chunk: list[tuple[dict[str, Any], str]], *,
+          limiter: RateLimiter) -> list[tuple[dict[str, Any], str]]:
+    """Send one batch, retrying the entries SQS refused as retryable; the ones never sent.
+    A retry is a send like any other: it waits for its room in the rate (the caller counted
+    the first attempt)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     pending = {str(i): item for i, item in enumerate(chunk)}
@@ -208,6 +211,7 @@ def _send(sqs: Any, queue_url: str, chunk: list[tuple[dict[str, Any], str]]) -> 
     for attempt in range(_SEND_ATTEMPTS):
         if attempt:
             time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            limiter.wait_for(len(pending))
         try:
             response = sqs.send_message_batch(QueueUrl=queue_url, Entries=[
                 {"Id": entry_id, "MessageBody": body} for entry_id, (_, body) in pending.items()])

@@ -152,7 +152,8 @@ def test_the_template_names_the_python_the_tests_run(twin: artifact.Artifact) ->
 def test_the_sandbox_sees_the_zip_the_runtime_client_and_the_standard_library_only(
         twin: artifact.Artifact, runs: Runs, tmp_path: Path) -> None:
     task_root = overlay(twin.task_root, tmp_path / "task")
-    seen = probe(runs, task_root, {"import": ["handler", "zstandard", "awscrt.http"]})
+    # boto3 too: the handler imports only botocore; Powertools imports boto3 with the secret.
+    seen = probe(runs, task_root, {"import": ["handler", "zstandard", "awscrt.http", "boto3"]})
     runtime = worker.runtime_packages()
     stdlib = {Path(sysconfig.get_path(name)).resolve() for name in ("stdlib", "platstdlib")}
     # The interpreter's own zipped standard library entry (absent on disk, always listed).

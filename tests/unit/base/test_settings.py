@@ -345,7 +345,8 @@ def test_minio_allow_http_is_validated() -> None:
 # --- ARCHIVE_PREFIX --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix", ["a//b", "../archives", "archives/..", "a/./b", ".", "archives\n", "ar\x00c"])
+@pytest.mark.parametrize("prefix", ["a//b", "../archives", "archives/..", "a/./b", ".", "archives\n", "ar\x00c",
+                                    "_manifests", "_manifests/archives"])
 def test_unsafe_archive_prefix(prefix: str) -> None:
     message = config_error(ARCHIVE_PREFIX=prefix)
     assert message.startswith("ARCHIVE_PREFIX")

@@ -735,7 +735,8 @@ def test_listing_reads_the_sidecar_in_a_head_and_one_small_get(size: int) -> Non
     client = factory.clients[0]
     client.calls.clear()
     assert target.listing(KEY) == json.loads(MANIFEST)
-    assert client.calls == ["HeadObject", "GetObject"]  # whatever the archive's size
+    # Whatever the archive's size; then the HEAD of its published marker (there: nothing written).
+    assert client.calls == ["HeadObject", "GetObject", "HeadObject"]
 
 
 def test_listing_of_an_archive_without_sidecar_is_no_sidecar() -> None:
@@ -790,8 +791,23 @@ def test_an_archive_taken_away_after_its_publish_still_lists_its_objects() -> No
     assert isinstance(client, FakeS3)
     del client.objects[("bkt", KEY)]  # the consumer took it
     assert target.listing(KEY) == json.loads(MANIFEST)
-    del client.objects[("bkt", published_key(KEY))]
+    marker = client.objects.pop(("bkt", published_key(KEY)))
     assert target.listing(KEY) is None  # a sidecar alone: written first, it proves nothing
+    client.objects[("bkt", published_key(KEY))] = marker
+    del client.objects[("bkt", sidecar_key(KEY))]
+    with pytest.raises(DeliveryError, match="sidecar is gone"):  # published: never guess "not archived"
+        target.listing(KEY)
+
+
+def test_an_archive_found_in_place_without_its_marker_gets_one() -> None:
+    target = MinioTarget(FakeProvider(make_secret("key-1")), Factory())
+    assert target_publish(target).outcome is PUBLISHED
+    client = target._client
+    assert isinstance(client, FakeS3)
+    del client.objects[("bkt", published_key(KEY))]  # its publisher died before writing it
+    assert target.listing(KEY) == json.loads(MANIFEST)
+    body, _ = client.objects[("bkt", published_key(KEY))]
+    assert json.loads(body)["archive_key"] == KEY
 
 
 def test_a_sidecar_of_a_refused_publish_lists_nothing() -> None:

@@ -250,7 +250,8 @@ def test_secrets_manager_failure_is_retryable_and_names_the_code() -> None:
     assert "minio/creds" in str(caught.value)
 
 
-@pytest.mark.parametrize("code", ["ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure"])
+@pytest.mark.parametrize("code", ["ResourceNotFoundException", "AccessDeniedException", "DecryptionFailure",
+                                  "InvalidRequestException", "InvalidParameterException", "ValidationException"])
 def test_a_secret_that_is_absent_or_forbidden_is_a_configuration_error(code: str) -> None:
     error = ClientError({"Error": {"Code": code, "Message": "no"}}, "GetSecretValue")
     provider = MinioSecretProvider(FakeSecrets(error), "minio/creds")

@@ -142,3 +142,33 @@ def test_the_report_reader_keeps_never_claimed_and_names_a_bad_line(tmp_path: Pa
         list(read_report(str(report)))
     with pytest.raises(UsageError, match="cannot read"):
         list(read_report(str(tmp_path / "absent")))
+
+
+def test_a_retried_batch_waits_for_its_room_in_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    from aggregator.tools import backfill
+
+    clock = FakeClock()
+    monkeypatch.setattr(backfill.time, "sleep", clock.sleep)
+    limiter = RateLimiter(10, clock=clock, sleep=clock.sleep)
+    landed: list[tuple[float, int]] = []
+
+    class ThrottledOnce:
+        calls = 0
+
+        def send_message_batch(self, *, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, object]:
+            self.calls += 1
+            if self.calls == 1:
+                raise ClientError({"Error": {"Code": "ThrottlingException"}}, "SendMessageBatch")
+            landed.append((clock.now, len(Entries)))
+            return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+    sqs = ThrottledOnce()
+    chunk = [({"bucket": "b", "key": f"k{i}"}, "{}") for i in range(10)]
+    limiter.wait_for(10)
+    assert backfill._send(sqs, "q", chunk, limiter=limiter) == []
+    limiter.wait_for(10)
+    assert backfill._send(sqs, "q", chunk, limiter=limiter) == []
+    busiest = max(sum(n for t, n in landed if start <= t < start + 1.0) for start, _ in landed)
+    assert busiest <= 10, landed
