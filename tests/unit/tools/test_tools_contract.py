@@ -1,5 +1,5 @@
-"""Contract review (CONTRACT.md section 9): operator commands on archives that differ from
-what the writer produced. Each xfail names the sentence it shows the code misses."""
+"""Operator commands (CONTRACT.md section 9) on archives that differ from what the writer
+produced, and backfill's rate: each test names the sentence it holds the code to."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Contract review: the real handler, in process, against moto (S3, DynamoDB, Secrets
-Manager) and SeaweedFS as MinIO, on sentences of CONTRACT.md sections 5-7 that the code
-on main does not follow. Each xfail quotes its sentence."""
+"""The real handler, in process, against moto (S3, DynamoDB, Secrets Manager) and
+SeaweedFS as MinIO, on sentences of CONTRACT.md sections 2 and 5-7 found wanting by a
+review: the claim's expiry, redelivery after the consumer took an archive, the archive
+prefix, the stale-event runbook, one log line per stale message, a MINIO_SECRET_ID that
+names no secret."""
 
 from __future__ import annotations
 

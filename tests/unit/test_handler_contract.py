@@ -1,5 +1,5 @@
-"""Contract review (CONTRACT.md section 1): the handler's return value. No sockets: the
-batch below never reaches a service."""
+"""The handler's outside contract (CONTRACT.md section 1): its return value and its
+deadline. No sockets: the batches below never reach a service."""
 
 from __future__ import annotations
 
