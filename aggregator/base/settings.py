@@ -220,8 +220,6 @@ class ToolSettings:
     minio_secret_id: str | None = None
     archive_prefix: str = "archives"
     aws_region: str | None = None
-    # reconcile: how long after an upload its archive can appear (claims expire after it).
-    idempotency_ttl_seconds: int = 15 * 24 * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ToolSettings:
@@ -235,7 +233,6 @@ class ToolSettings:
             minio_secret_id=env.get("MINIO_SECRET_ID", "").strip() or None,
             archive_prefix=env.get("ARCHIVE_PREFIX", "archives").strip("/"),
             aws_region=(env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip() or None,
-            idempotency_ttl_seconds=_int(env, "IDEMPOTENCY_TTL_SECONDS", 15 * 24 * 3600, 60, 10 * 365 * 24 * 3600),
         )
 
     def require(self, name: str) -> str:

@@ -17,12 +17,13 @@ A claim lives for ``IDEMPOTENCY_TTL_SECONDS`` (DynamoDB's TTL then deletes it), 
 archived long ago has none. Before calling an object without a claim ``never_claimed``, the
 manifests of the archives that can hold it are read: an archive's key starts with the hour
 it was created in (``{ARCHIVE_PREFIX}/YYYY/MM/DD/HH/``, UTC), which is after the object's
-LastModified and, since the function refuses events older than the claim TTL, at most the
-TTL (plus a margin) after it. The sidecars of those hours are listed and read once per run,
-lazily (only when an object without a claim is met), into an index identity -> archive
-keys; an archive counts only when a HEAD finds it (a sidecar without its archive was never
-published). An object backfilled later than that after its upload is found once its claim
-has expired only with a wider ``--archive-window-hours``.
+LastModified. Every hour from there to now is read, not only the claim TTL's worth: the
+function refuses events older than the TTL, so an archive made later than that holds an
+object backfilled by this very runbook, and missing it would backfill the object twice.
+The sidecars of those hours are listed and read once per run, lazily (only when an object
+without a claim is met), into an index identity -> archive keys; an archive counts only when
+it exists or its published marker does (a sidecar alone was never published).
+``--archive-window-hours`` bounds the hours read after each upload, at that risk.
 
 Only ``ObjectID``, ``ArchiveKey`` and ``LeaseUntil`` of a claim are read: whether an object
 is archived is decided by the archive itself, not by any state the claim records.
@@ -79,9 +80,6 @@ from aggregator.tools.common import EXIT_OK, Environment, Problems, UsageError, 
 from aggregator.tools.progress import Progress
 
 BATCH_GET_LIMIT = 100
-# An archive is created after the event's staleness check, within one invocation (at most
-# 15 minutes), and clocks differ a little: an hour after the TTL is plenty.
-ARCHIVE_WINDOW_MARGIN = timedelta(hours=1)
 _SIDECAR_READERS = 4  # the MinIO client's pool
 _EVENTUAL_UNIT = 0.5
 _READ_UNIT_BYTES = 4096
@@ -102,8 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              "(cheaper on a large table when every event carries a versionId)")
     parser.add_argument("--archive-window-hours", type=_hours, default=None,
                         help="for an object without a claim, read the manifests of archives created up to this many "
-                             "hours after its upload (default: IDEMPOTENCY_TTL_SECONDS + 1 h; more for objects "
-                             "backfilled long after their upload)")
+                             "hours after its upload (default: up to now; fewer hours miss a backfill made later)")
     parser.set_defaults(run=run)
 
 
@@ -452,8 +449,7 @@ class ArchiveIndex:
     def __init__(self, env: Environment, *, now: datetime | None = None, window: timedelta | None = None) -> None:
         self._env = env
         self._now = now or datetime.now(UTC)
-        self._window = window if window is not None else (
-            timedelta(seconds=env.settings.idempotency_ttl_seconds) + ARCHIVE_WINDOW_MARGIN)
+        self._window = window  # None: up to now
         self._cache: dict[str, frozenset[Identity] | None] = {}
         self._published: dict[str, bool] = {}
         self._taken: set[str] = set()  # published, then taken away by the consumer
@@ -574,7 +570,8 @@ class ArchiveIndex:
         """Index the sidecars of every hour whose archives can hold an object uploaded at
         ``last_modified``, unless already read in this run."""
         first = _hour(last_modified)
-        last = max(first, _hour(min(self._now, last_modified + self._window)))
+        until = self._now if self._window is None else min(self._now, last_modified + self._window)
+        last = max(first, _hour(until))
         missing = [hour for hour in range(first, last + 1) if hour not in self._hours_read]
         for start, end in _runs(missing):
             self._read_hours(start, end)

@@ -24,7 +24,6 @@ from tests.unit.tools.conftest import ARCHIVE_ID, build
 BUCKET = "archives-bucket"
 UPLOADED = datetime(2026, 11, 1, 10, 20, tzinfo=UTC)
 NOW = datetime(2026, 12, 7, 0, 30, tzinfo=UTC)
-TTL = 15 * 24 * 3600
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def minio() -> Iterator[Any]:
 
 
 def index(minio: Any, *, now: datetime = NOW, window: timedelta | None = None) -> ArchiveIndex:
-    env = Environment(settings=ToolSettings(archive_prefix="arch", idempotency_ttl_seconds=TTL),
+    env = Environment(settings=ToolSettings(archive_prefix="arch"),
                       _minio={"client": minio, "secret": SimpleNamespace(bucket=BUCKET)})
     return ArchiveIndex(env, now=now, window=window)
 
@@ -85,23 +84,23 @@ def test_a_sidecar_without_its_archive_was_never_published(minio: Any) -> None:
     assert line["state"] == "never_claimed" and line["archive"] is None
 
 
-def test_only_the_hours_from_the_upload_to_the_ttl_and_a_margin_are_read(minio: Any) -> None:
+def test_the_hours_from_the_upload_to_now_are_read_once(minio: Any) -> None:
     publish(minio, UPLOADED - timedelta(hours=1), [entry("x.bin")])  # before the upload: cannot hold it
-    publish(minio, UPLOADED + timedelta(seconds=TTL, hours=3), [entry("x.bin")])  # the event was refused as stale
-    inside = publish(minio, UPLOADED + timedelta(seconds=TTL), [entry("x.bin")])
+    first = publish(minio, UPLOADED + timedelta(hours=2), [entry("x.bin")])
     archives = index(minio)
-    assert archives.find(version("x.bin")) == inside
-    assert archives.swept_sidecars == 1
+    assert archives.find(version("x.bin")) == first
     # The same hours are never listed twice in one run.
     listings = archives.listings
     assert archives.find(version("y.bin", uploaded=UPLOADED + timedelta(minutes=30))) is None
     assert archives.listings == listings
 
 
-def test_an_object_backfilled_long_after_its_upload_needs_a_wider_window(minio: Any) -> None:
+def test_an_object_backfilled_after_the_ttl_is_found_once_its_new_claim_expired(minio: Any) -> None:
+    # The stale-event runbook archived it 30 days after its upload; 15 days later its new
+    # claim is gone too: reconcile must still find it, or a second backfill would archive it again.
     late = publish(minio, UPLOADED + timedelta(days=30), [entry("late.bin")])
-    assert index(minio).find(version("late.bin")) is None
-    assert index(minio, window=timedelta(days=31)).find(version("late.bin")) == late
+    assert index(minio).find(version("late.bin")) == late
+    assert index(minio, window=timedelta(days=29)).find(version("late.bin")) is None  # bounded: missed
 
 
 def test_the_hours_stop_at_now(minio: Any) -> None:
