@@ -7,7 +7,8 @@ One item per object, written once by one conditional PutItem (1 write unit):
 * ``ArchiveKey`` (S): the one archive the owner may publish the object in;
 * ``LeaseUntil`` (N, epoch seconds with ms): the owner's deadline plus the lease grace
   (:mod:`aggregator.base.deadline`); until then nobody else may touch the claim;
-* ``ExpiresAt`` (N, epoch seconds, the table's TTL attribute): the claim's write time + ttl.
+* ``ExpiresAt`` (N, epoch seconds, the table's TTL attribute): the claim's write time + ttl,
+  rounded up to a whole second (the commit comes later, never earlier).
   There is no commit write to stamp the commit time on (below), and the write time is the
   closest the one write can know: the commit follows within the invocation, seconds later.
   The stale-event rule needs no more: an event younger than the ttl names an object whose
@@ -61,6 +62,7 @@ A retried PutItem whose first answer was lost finds its own item: it counts as c
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -224,8 +226,9 @@ class ClaimStore:
                    archive_key: str) -> ClaimResult:
         if not owner or not archive_key:
             raise ValueError("owner and archive_key must not be empty")
+        expires_at = math.ceil(self._clock()) + self._ttl
         item = {"Owner": {"S": owner}, "ArchiveKey": {"S": archive_key},
-                "LeaseUntil": {"N": f"{lease_until:.3f}"}, "ExpiresAt": {"N": str(int(self._clock()) + self._ttl)}}
+                "LeaseUntil": {"N": f"{lease_until:.3f}"}, "ExpiresAt": {"N": str(expires_at)}}
         result = ClaimResult()
         settled = self._map(lambda pair: self._settle(pair[0], pair[1], item=item, owner=owner),
                             list(expected.items()), collect_errors=True)

@@ -9,6 +9,7 @@ fake client.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Iterator
@@ -89,7 +90,7 @@ def test_absent_to_held_writes_every_attribute_in_one_put_each(store: ClaimStore
         assert item["Owner"] == "A"
         assert item["LeaseUntil"] == pytest.approx(T0 + 12.345, abs=1e-6)
         assert item["ArchiveKey"] == "archives/a.tar.zst"
-        assert item["ExpiresAt"] == int(T0) + TTL  # the write time, in whole seconds as TTL wants
+        assert item["ExpiresAt"] == math.ceil(T0) + TTL  # the write time, rounded up to whole seconds
         assert "State" not in item  # no state: whether it is archived is MinIO's to say
     assert store.calls == 3  # one PutItem per object, nothing else
 
@@ -125,7 +126,7 @@ def test_take_over_is_pinned_to_the_holder_examined(store: ClaimStore, client: A
     assert outcome.claimed == [x]
     item = scan_claims(client, TABLE)[x]
     assert (item["Owner"], item["ArchiveKey"]) == ("B", "archives/B.tar.zst")
-    assert item["ExpiresAt"] == int(T0 + 61) + TTL  # the takeover's write time
+    assert item["ExpiresAt"] == math.ceil(T0 + 61) + TTL  # the takeover's write time
 
 
 def test_a_second_taker_of_the_same_holder_loses(store: ClaimStore, client: Any, clock: Clock) -> None:
