@@ -55,7 +55,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -262,12 +262,11 @@ def publish_archive(client: S3Client, *, bucket: str, key: str, source: BinaryIO
     return Publication(PublishOutcome.PUBLISHED, parts=parts)
 
 
-def _exists(client: S3Client, *, bucket: str, key: str) -> bool:
+def _head(client: S3Client, *, bucket: str, key: str) -> Mapping[str, Any] | None:
     try:
-        _call("HeadObject", lambda: client.head_object(Bucket=bucket, Key=key))
+        return _call("HeadObject", lambda: client.head_object(Bucket=bucket, Key=key))
     except _NotFound:
-        return False
-    return True
+        return None
 
 
 def _mark_published(client: S3Client, *, bucket: str, key: str, size: int, sha256_hex: str,
@@ -282,12 +281,9 @@ def _mark_published(client: S3Client, *, bucket: str, key: str, size: int, sha25
         logger.warning("no time left to mark a published archive", extra={"key": key})
         return
     body = json.dumps({"archive_key": key, "size": size, "sha256": sha256_hex}).encode()
-    digest = hashlib.sha256(body).digest()
     _guard.value = _Guard(deadline)  # no SDK retry of it past the cutoff either
     try:
-        _call("PutObject published marker", lambda: client.put_object(
-            Bucket=bucket, Key=published_key(key), Body=body, ContentType="application/json",
-            Metadata={METADATA_KEY: digest.hex()}, ChecksumSHA256=base64.b64encode(digest).decode()))
+        _put_small_json(client, bucket=bucket, key=published_key(key), body=body, action="PutObject published marker")
     except (DeliveryError, OutOfTime) as e:
         logger.warning("could not mark a published archive", extra={"key": key, "error": str(e)})
     finally:
@@ -338,9 +334,14 @@ def _publish(client: S3Client, *, bucket: str, key: str, source: BinaryIO, size:
 
 
 def _put_sidecar(client: S3Client, *, bucket: str, key: str, manifest: bytes) -> None:
-    digest = hashlib.sha256(manifest).digest()
-    _call("PutObject manifest", lambda: client.put_object(
-        Bucket=bucket, Key=sidecar_key(key), Body=manifest, ContentType="application/json",
+    _put_small_json(client, bucket=bucket, key=sidecar_key(key), body=manifest, action="PutObject manifest")
+
+
+def _put_small_json(client: S3Client, *, bucket: str, key: str, body: bytes, action: str) -> None:
+    """A small JSON object beside an archive, its SHA-256 in its metadata and checked by the server."""
+    digest = hashlib.sha256(body).digest()
+    _call(action, lambda: client.put_object(
+        Bucket=bucket, Key=key, Body=body, ContentType="application/json",
         Metadata={METADATA_KEY: digest.hex()}, ChecksumSHA256=base64.b64encode(digest).decode()))
 
 
@@ -536,7 +537,8 @@ class MinioTarget:
         :class:`NoSidecar` for an archive published before sidecars existed, and
         :class:`DeliveryError` when it cannot tell (the caller must not decide).
         """
-        if not self.exists(key):
+        head = self._head(key)
+        if head is None:
             if not self.exists(published_key(key)):
                 return None  # never published: a sidecar alone proves nothing (it is written first)
             taken = self._sidecar_manifest(key)  # published, then taken away by the consumer
@@ -547,18 +549,16 @@ class MinioTarget:
         manifest = self._sidecar_manifest(key)
         if manifest is None:
             raise NoSidecar(f"{key} has no manifest sidecar (published before sidecars existed)")
-        self._mark_if_unmarked(key)
+        self._mark_if_unmarked(key, head)
         return manifest
 
-    def _mark_if_unmarked(self, key: str) -> None:
+    def _mark_if_unmarked(self, key: str, head: Mapping[str, Any]) -> None:
         """Write the published marker of an archive found in place without one (its publisher
         ran out of time or died before writing it), before the consumer takes it away."""
         def mark(client: S3Client, bucket: str) -> None:
-            if _exists(client, bucket=bucket, key=published_key(key)):
-                return
-            head = _call("HeadObject", lambda: client.head_object(Bucket=bucket, Key=key))
-            _mark_published(client, bucket=bucket, key=key, size=int(head.get("ContentLength", 0)),
-                            sha256_hex=str(head.get("Metadata", {}).get(METADATA_KEY, "")), deadline=None)
+            if _head(client, bucket=bucket, key=published_key(key)) is None:
+                _mark_published(client, bucket=bucket, key=key, size=int(head.get("ContentLength", 0)),
+                                sha256_hex=str(head.get("Metadata", {}).get(METADATA_KEY, "")), deadline=None)
 
         try:
             self._with_auth_retry(mark)
@@ -590,7 +590,11 @@ class MinioTarget:
         return manifest
 
     def exists(self, key: str) -> bool:
-        return self._with_auth_retry(lambda client, bucket: _exists(client, bucket=bucket, key=key))
+        return self._head(key) is not None
+
+    def _head(self, key: str) -> Mapping[str, Any] | None:
+        """``key``'s HEAD answer, None when it does not exist."""
+        return self._with_auth_retry(lambda client, bucket: _head(client, bucket=bucket, key=key))
 
     def open_object(self, key: str) -> BinaryIO | None:
         """A streaming reader of ``key`` (close it when done), or None when it does not exist."""
